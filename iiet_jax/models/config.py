@@ -1,0 +1,176 @@
+"""The static description of a model, validated once when it is built.
+
+`ModelConfig` is a frozen dataclass (hashable, so Flax modules can hold it as a
+static attribute). `ModelConfig.from_dict` turns the `model` block of an
+ml_collections config into one and rejects anything the modules could not run,
+with a message that names the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+ARCHITECTURES = ("transformer", "iiet", "pcformer")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_names")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+DTYPES = ("float32", "bfloat16", "float16")
+PC_ORDERS = (2, 4)
+# `checkpoint_name` tags in the model; `remat_policy="save_names"` keeps the
+# ones listed in `remat_save_names` and recomputes the rest.
+CHECKPOINT_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out",
+                    "mlp_gate", "mlp_up", "block_out")
+
+
+class ConfigError(ValueError):
+  """A model configuration that cannot be built."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Every field the model modules read. SPEC.md section 7 gives the sizes."""
+
+  arch: str = "iiet"
+  vocab_size: int = 32000
+  num_layers: int = 12
+  d_model: int = 512
+  num_heads: int = 4
+  d_ff: int = 1408
+  tie_embeddings: bool = True
+  max_seq_len: int = 2048
+  rope_base: float = 10000.0
+  rms_eps: float = 1e-6
+  ln_eps: float = 1e-5
+  init_std: float = 0.02
+  # IIET: implicit iterations per layer, one int for all layers or one per layer.
+  iterations: int | tuple[int, ...] = 3
+  # PCformer: Runge-Kutta order of the predictor and the EMA coefficient init.
+  pc_order: int = 2
+  pc_alpha_init: float = 0.5
+  dtype: str = "bfloat16"
+  param_dtype: str = "float32"
+  scan_layers: bool = True
+  remat_policy: str = "full"
+  remat_save_names: tuple[str, ...] = ()
+  # "auto" lets JAX pick the fused kernel where one exists.
+  attention_impl: str = "xla"
+
+  def __post_init__(self):
+    self._validate()
+    iters = self.iterations
+    if isinstance(iters, int):
+      iters = (iters,) * self.num_layers
+    object.__setattr__(self, "iterations", tuple(int(r) for r in iters))
+    object.__setattr__(self, "remat_save_names", tuple(self.remat_save_names))
+
+  # --- derived values ------------------------------------------------------
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def max_iterations(self) -> int:
+    return max(self.iterations, default=0)
+
+  @property
+  def uniform_iterations(self) -> bool:
+    return len(set(self.iterations)) <= 1
+
+  def block_evaluations_per_layer(self) -> tuple[int, ...]:
+    """NFE of each layer: how many times B_t runs (SPEC sections 2-4)."""
+    if self.arch == "transformer":
+      return (1,) * self.num_layers
+    if self.arch == "pcformer":
+      return (self.pc_order + 1,) * self.num_layers
+    return tuple(1 + r for r in self.iterations)
+
+  # --- construction --------------------------------------------------------
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+    """Builds from a mapping (e.g. `config.model`), rejecting unknown keys."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    values = dict(values)
+    for key in values:
+      if key not in names:
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"Unknown model config key 'model.{key}'.{hint} "
+            f"Valid keys: {', '.join(names)}.")
+    if isinstance(values.get("iterations"), list):
+      values["iterations"] = tuple(values["iterations"])
+    if isinstance(values.get("remat_save_names"), list):
+      values["remat_save_names"] = tuple(values["remat_save_names"])
+    return cls(**values)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def _validate(self):
+    def fail(msg):
+      raise ConfigError(msg)
+
+    if self.arch not in ARCHITECTURES:
+      fail(f"model.arch={self.arch!r} is not an architecture; choose one of "
+           f"{', '.join(ARCHITECTURES)}.")
+    for key in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff",
+                "max_seq_len"):
+      value = getattr(self, key)
+      if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        fail(f"model.{key}={value!r} must be a positive integer.")
+    if self.d_model % self.num_heads:
+      divisors = [h for h in range(1, min(self.d_model, 64) + 1)
+                  if self.d_model % h == 0 and (self.d_model // h) % 2 == 0]
+      fail(f"model.d_model={self.d_model} is not divisible by "
+           f"model.num_heads={self.num_heads}; set num_heads to a divisor of "
+           f"d_model, e.g. one of {divisors[-6:]}.")
+    if self.head_dim % 2:
+      fail(f"head size d_model/num_heads={self.head_dim} is odd, but RoPE "
+           f"rotates pairs of features; pick num_heads so that "
+           f"{self.d_model}/num_heads is even.")
+    iters = self.iterations
+    if isinstance(iters, bool) or not isinstance(iters, (int, tuple)):
+      fail(f"model.iterations={iters!r} must be an int or a tuple of "
+           f"{self.num_layers} ints (one per layer).")
+    if isinstance(iters, tuple):
+      if len(iters) != self.num_layers:
+        fail(f"model.iterations has {len(iters)} entries {iters} but the model "
+             f"has num_layers={self.num_layers}; give exactly one count per "
+             f"layer, or a single int for all layers.")
+      bad = [r for r in iters if not isinstance(r, int) or isinstance(r, bool)]
+      if bad:
+        fail(f"model.iterations={iters} holds non-integers {bad}.")
+    counts = iters if isinstance(iters, tuple) else (iters,)
+    negative = [(i, r) for i, r in enumerate(counts) if r < 0]
+    if negative:
+      where = ", ".join(f"layer {i}: {r}" for i, r in negative)
+      fail(f"model.iterations must be >= 0 (0 keeps only the predictor); got "
+           f"{where}.")
+    if self.pc_order not in PC_ORDERS:
+      fail(f"model.pc_order={self.pc_order!r} is not supported; choose one of "
+           f"{PC_ORDERS}.")
+    for key, allowed in (("remat_policy", REMAT_POLICIES),
+                         ("attention_impl", ATTENTION_IMPLS),
+                         ("dtype", DTYPES), ("param_dtype", DTYPES)):
+      value = getattr(self, key)
+      if value not in allowed:
+        fail(f"model.{key}={value!r} is not one of {', '.join(allowed)}.")
+    if self.remat_policy == "save_names" and not self.remat_save_names:
+      fail("model.remat_policy='save_names' needs model.remat_save_names, "
+           "e.g. ('query_proj', 'key_proj', 'value_proj'); valid tags: "
+           f"{', '.join(CHECKPOINT_NAMES)}.")
+    unknown = [n for n in self.remat_save_names if n not in CHECKPOINT_NAMES]
+    if unknown:
+      fail(f"model.remat_save_names has unknown tags {unknown}; valid tags: "
+           f"{', '.join(CHECKPOINT_NAMES)}.")

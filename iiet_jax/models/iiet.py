@@ -1,0 +1,82 @@
+"""IIET: the iterative implicit Euler layer (SPEC.md section 3).
+
+Per layer t: an explicit predictor S_t = LNp_t(B_t(h_{t-1})), then r_t
+fixed-point iterations S_t = LNc_t(B_t(sum_j W[t, j] S_j)) of the *same* block
+(an `nn.scan` whose parameters are broadcast across iterations), and the output
+h_t = sum_j Wc[t, j] S_j. The layer stack (stack.py) keeps the history sums.
+
+Per-layer counts r_t (E-IIET, from IIAD) are static when layers are unrolled.
+Under `nn.scan` over layers every layer runs max(r_t) iterations and the ones
+past its own r_t leave S_t unchanged (`jnp.where`), which is exact but costs
+the compute of max(r_t) iterations; uniform counts pay nothing extra.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from iiet_jax.models.config import ModelConfig
+from iiet_jax.models.history import History
+from iiet_jax.models.layers import DecoderBlock, LayerNorm
+from iiet_jax.models.stack import LayerStack, history_mix
+
+Array = jax.Array
+
+
+class IIETLayer(nn.Module):
+  """Layer core: predictor, r_t implicit iterations, history output mix."""
+  config: ModelConfig
+  index: int | None = None
+
+  def setup(self):
+    self.block = DecoderBlock(self.config)
+    self.predictor_norm = LayerNorm(self.config)   # LNp_t
+    self.corrector_norm = LayerNorm(self.config)   # LNc_t
+
+  def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
+               segment_ids_BT):
+    del shared
+    cfg = self.config
+    w_prefix_BTD, c_prefix_BTD = prefix
+    s_BTD = self.predictor_norm(self.block(h_BTD, positions_BT, segment_ids_BT))
+
+    if self.index is not None:
+      num_iterations, masked = cfg.iterations[self.index], False
+    else:
+      num_iterations, masked = cfg.max_iterations, not cfg.uniform_iterations
+
+    def iterate(layer, s_BTD, k):
+      u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD,
+                          cfg.compute_dtype)
+      new_BTD = layer.corrector_norm(
+          layer.block(u_BTD, positions_BT, segment_ids_BT))
+      if masked:
+        new_BTD = jnp.where(k < layer_xs["iterations"], new_BTD, s_BTD)
+      return new_BTD, None
+
+    if num_iterations > 0:
+      s_BTD, _ = nn.scan(iterate, variable_broadcast="params",
+                         split_rngs={"params": False},
+                         length=num_iterations)(
+                             self, s_BTD, jnp.arange(num_iterations))
+    elif self.is_initializing():
+      self.corrector_norm(s_BTD)  # LNc_t exists even when r_t = 0.
+    h_BTD = history_mix(c_prefix_BTD, layer_xs["c_self"], s_BTD,
+                        cfg.compute_dtype)
+    return h_BTD, s_BTD
+
+
+class IIETDecoder(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h0_BTD: Array, positions_BT: Array,
+               segment_ids_BT: Array | None) -> Array:
+    cfg = self.config
+    layer_xs, accumulators = History(cfg, name="history")(h0_BTD)
+    layer_xs["iterations"] = jnp.asarray(cfg.iterations, jnp.int32)
+    h_BTD, _, _ = LayerStack(cfg, IIETLayer, history=True, name="stack")(
+        (h0_BTD, *accumulators), layer_xs, None, positions_BT, segment_ids_BT)
+    return h_BTD

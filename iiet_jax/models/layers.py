@@ -1,0 +1,167 @@
+"""Building blocks of the shared decoder block B_t (SPEC.md section 1).
+
+Shape suffixes: B batch, T length, D width, N heads, H head size, F MLP width,
+V vocabulary. Every parameter carries logical axis names; every activation a
+logical `activation_*` constraint, so one rules table shards the whole model.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+from iiet_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+# Logical names of activations; the sharding rules table maps them to mesh axes.
+BTD = ("activation_batch", "activation_length", "activation_embed")
+BTNH = ("activation_batch", "activation_length", "activation_heads",
+        "activation_kv")
+BTF = ("activation_batch", "activation_length", "activation_mlp")
+BTV = ("activation_batch", "activation_length", "activation_vocab")
+
+
+def constrain(x: Array, names: Sequence[str | None]) -> Array:
+  return nn.with_logical_constraint(x, tuple(names))
+
+
+def param(module: nn.Module, name: str, shape: Sequence[int],
+          axes: Sequence[str | None], init=None) -> Array:
+  """A float parameter with logical axis names, stored in `param_dtype`."""
+  cfg: ModelConfig = module.config
+  init = init or nn.initializers.normal(stddev=cfg.init_std)
+  return module.param(name, nn.with_logical_partitioning(init, tuple(axes)),
+                      tuple(shape), cfg.weight_dtype)
+
+
+class RMSNorm(nn.Module):
+  """g * x / sqrt(mean(x^2) + eps), normalised in float32 then cast back."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array) -> Array:
+    cfg = self.config
+    scale_D = param(self, "scale", (x_BTD.shape[-1],), ("norm",),
+                    nn.initializers.ones)
+    x32 = x_BTD.astype(jnp.float32)
+    y32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True)
+                              + cfg.rms_eps)
+    return y32.astype(cfg.compute_dtype) * scale_D.astype(cfg.compute_dtype)
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm with gain and bias (the LNp / LNc / LNrk norms), in float32."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array) -> Array:
+    cfg = self.config
+    d = x_BTD.shape[-1]
+    scale_D = param(self, "scale", (d,), ("norm",), nn.initializers.ones)
+    bias_D = param(self, "bias", (d,), ("norm",), nn.initializers.zeros)
+    return layer_norm(x_BTD, scale_D, bias_D, cfg.ln_eps).astype(
+        cfg.compute_dtype)
+
+
+def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """Float32 LayerNorm used by `LayerNorm` and by norms shared across layers."""
+  x32 = x.astype(jnp.float32)
+  mean = jnp.mean(x32, -1, keepdims=True)
+  var = jnp.mean(jnp.square(x32 - mean), -1, keepdims=True)
+  y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+  return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def apply_rope(x_BTNH: Array, positions_BT: Array, base: float) -> Array:
+  """Rotary embedding, rotate-half layout: pair i is (x[i], x[i + H/2])."""
+  half = x_BTNH.shape[-1] // 2
+  freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 /
+                    x_BTNH.shape[-1])
+  angle_BTK = positions_BT.astype(jnp.float32)[..., None] * freq_K
+  cos_BT1K = jnp.cos(angle_BTK)[:, :, None, :]
+  sin_BT1K = jnp.sin(angle_BTK)[:, :, None, :]
+  x32 = x_BTNH.astype(jnp.float32)
+  x1, x2 = x32[..., :half], x32[..., half:]
+  out = jnp.concatenate([x1 * cos_BT1K - x2 * sin_BT1K,
+                         x2 * cos_BT1K + x1 * sin_BT1K], axis=-1)
+  return out.astype(x_BTNH.dtype)
+
+
+class Attention(nn.Module):
+  """Causal multi-head self-attention with RoPE, no biases.
+
+  Runs through `jax.nn.dot_product_attention`, so `attention_impl` can pick a
+  fused kernel (cuDNN on GPU) where the hardware has one. With `segment_ids`,
+  tokens attend only within their own packed document.
+  """
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array, positions_BT: Array,
+               segment_ids_BT: Array | None) -> Array:
+    cfg = self.config
+    dt = cfg.compute_dtype
+    D, N, H = cfg.d_model, cfg.num_heads, cfg.head_dim
+    projections = []
+    for name in ("query", "key", "value"):
+      w_DNH = param(self, name, (D, N, H), ("embed", "heads", "kv"))
+      y_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, w_DNH.astype(dt))
+      projections.append(checkpoint_name(constrain(y_BTNH, BTNH),
+                                         f"{name}_proj"))
+    q_BTNH, k_BTNH, v_BTNH = projections
+    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_base)
+    k_BTNH = apply_rope(k_BTNH, positions_BT, cfg.rope_base)
+
+    mask = None
+    if segment_ids_BT is not None:
+      mask = (segment_ids_BT[:, None, :, None] ==
+              segment_ids_BT[:, None, None, :])
+    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+    out_BTNH = jax.nn.dot_product_attention(
+        q_BTNH, k_BTNH, v_BTNH, mask=mask, is_causal=True,
+        implementation=impl)
+    out_BTNH = checkpoint_name(constrain(out_BTNH, BTNH), "attention_out")
+    w_NHD = param(self, "out", (N, H, D), ("heads", "kv", "embed"))
+    out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, w_NHD.astype(dt))
+    return constrain(out_BTD, BTD)
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array) -> Array:
+    cfg = self.config
+    dt = cfg.compute_dtype
+    gate_DF = param(self, "gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    up_DF = param(self, "up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
+    down_FD = param(self, "down", (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
+    gate_BTF = checkpoint_name(constrain(x_BTD @ gate_DF.astype(dt), BTF),
+                               "mlp_gate")
+    up_BTF = checkpoint_name(constrain(x_BTD @ up_DF.astype(dt), BTF),
+                             "mlp_up")
+    hidden_BTF = nn.silu(gate_BTF) * up_BTF
+    return constrain(hidden_BTF @ down_FD.astype(dt), BTD)
+
+
+class DecoderBlock(nn.Module):
+  """B_t(x): a = x + Attn(RMSNorm(x)); B_t(x) = a + MLP(RMSNorm(a))."""
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BTD: Array, positions_BT: Array,
+               segment_ids_BT: Array | None) -> Array:
+    x_BTD = constrain(x_BTD, BTD)
+    attn = Attention(self.config, name="attention")(
+        RMSNorm(self.config, name="attention_norm")(x_BTD), positions_BT,
+        segment_ids_BT)
+    a_BTD = x_BTD + attn
+    out = a_BTD + MLP(self.config, name="mlp")(
+        RMSNorm(self.config, name="mlp_norm")(a_BTD))
+    return checkpoint_name(constrain(out, BTD), "block_out")

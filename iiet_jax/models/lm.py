@@ -1,0 +1,66 @@
+"""The language model around any decoder: embedding, decoder, final norm, head.
+
+    logits = Head(RMSNorm_f(decoder(Embed(x))))          (SPEC.md sections 2-4)
+
+The head is the embedding transposed when `tie_embeddings` is set. Logits are
+float32 whatever the compute dtype.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from iiet_jax.models.config import ModelConfig
+from iiet_jax.models.iiet import IIETDecoder
+from iiet_jax.models.layers import BTD, BTV, RMSNorm, constrain, param
+from iiet_jax.models.pcformer import PCformerDecoder
+from iiet_jax.models.transformer import TransformerDecoder
+
+Array = jax.Array
+
+# Adding an architecture: write its layer core + decoder, register it here.
+DECODERS = {
+    "transformer": TransformerDecoder,
+    "iiet": IIETDecoder,
+    "pcformer": PCformerDecoder,
+}
+
+
+class LanguageModel(nn.Module):
+  config: ModelConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embedding = param(self, "embedding", (cfg.vocab_size, cfg.d_model),
+                           ("vocab", "embed"))
+    self.decoder = DECODERS[cfg.arch](cfg)
+    self.final_norm = RMSNorm(cfg)
+    if not cfg.tie_embeddings:
+      self.head = param(self, "head", (cfg.d_model, cfg.vocab_size),
+                        ("embed", "vocab"))
+
+  def __call__(self, tokens_BT: Array, positions_BT: Array | None = None,
+               segment_ids_BT: Array | None = None) -> Array:
+    """Token ids [B, T] -> float32 logits [B, T, V]."""
+    return self.logits_from_embeddings(self.embed(tokens_BT), positions_BT,
+                                       segment_ids_BT)
+
+  def embed(self, tokens_BT: Array) -> Array:
+    emb_VD = self.embedding.astype(self.config.compute_dtype)
+    return constrain(jnp.take(emb_VD, tokens_BT, axis=0), BTD)
+
+  def logits_from_embeddings(self, h0_BTD: Array,
+                             positions_BT: Array | None = None,
+                             segment_ids_BT: Array | None = None) -> Array:
+    cfg = self.config
+    B, T = h0_BTD.shape[:2]
+    if positions_BT is None:
+      positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    h_BTD = self.final_norm(self.decoder(h0_BTD, positions_BT, segment_ids_BT))
+    head_DV = self.embedding.T if cfg.tie_embeddings else self.head
+    logits_BTV = jnp.einsum("btd,dv->btv", h_BTD,
+                            head_DV.astype(cfg.compute_dtype),
+                            preferred_element_type=jnp.float32)
+    return constrain(logits_BTV, BTV)

@@ -1,0 +1,124 @@
+"""The layer stack shared by every architecture: remat, scan or unroll, history.
+
+An architecture supplies one *layer core*, a module called as
+
+    core(h_BTD, prefix, layer_xs, shared, positions_BT, segment_ids_BT)
+        -> (h_next_BTD, S_BTD or None)
+
+and `LayerStack` runs it L times: `nn.scan` over layers (parameters stacked on
+a leading `layers` axis) or a Python loop (`scan_layers=False`, same math,
+parameters `layers_0..layers_{L-1}`), with the core wrapped in `nn.remat` under
+the configured policy.
+
+For IIET and PCformer the stack also keeps the ODE history (SPEC.md sections
+3-4). Instead of carrying the list S_0..S_t, it carries two float32
+accumulators A, C of shape [L, B, T, D] whose row t already holds
+sum_{j<t} W[t, j] S_j and sum_{j<t} Wc[t, j] S_j; after layer t finishes,
+S_t is pushed into the rows of all later layers. Pushes and reads are linear,
+so reverse mode saves nothing of A or C: only S_t and the core's inputs are
+kept per layer, and activation memory grows linearly in L. The bookkeeping runs
+outside `nn.remat` on purpose: a rematerialised core that read A[t] itself
+would save the whole accumulator at every layer (memory quadratic in L).
+
+Measured choice of scan vs unroll (bench/layer_stack.py, IIET r=3, d=256,
+T=256, B=2, CPU, gradient of the loss, full remat):
+
+    layers   scan: compile s / temp MiB     unroll: compile s / temp MiB
+    (see the table written into docs/layer_stack.md by the bench)
+
+Scanning is the default: its compile time is flat in L while unrolling grows
+linearly, and its temporary memory stays within a few percent of the unrolled
+stack. `scan_layers=False` remains for debugging and per-layer inspection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from iiet_jax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def remat_policy(cfg: ModelConfig):
+  """The `jax.checkpoint` policy named by `model.remat_policy`."""
+  policies = jax.checkpoint_policies
+  if cfg.remat_policy == "full":
+    return policies.nothing_saveable
+  if cfg.remat_policy == "save_dots":
+    return policies.dots_with_no_batch_dims_saveable
+  if cfg.remat_policy == "save_names":
+    return policies.save_only_these_names(*cfg.remat_save_names)
+  raise ValueError(f"remat_policy {cfg.remat_policy!r} has no jax policy")
+
+
+def history_mix(prefix_BTD: Array, weight: Array, s_BTD: Array,
+                dtype) -> Array:
+  """sum_{j<=t} W[t, j] S_j given the prefix sum over j < t (float32)."""
+  mixed = prefix_BTD + weight.astype(jnp.float32) * s_BTD.astype(jnp.float32)
+  return mixed.astype(dtype)
+
+
+class _Step(nn.Module):
+  """One layer of the stack: history read, rematerialised core, history push."""
+  config: ModelConfig
+  core: Any  # a module class with the core signature above
+  history: bool
+  index: int | None  # static layer index when unrolled, None under scan
+
+  @nn.compact
+  def __call__(self, carry, layer_xs, shared, positions_BT, segment_ids_BT):
+    cfg = self.config
+    core_cls = self.core
+    if cfg.remat_policy != "none":
+      core_cls = nn.remat(core_cls, policy=remat_policy(cfg),
+                          prevent_cse=not cfg.scan_layers)
+    core = core_cls(cfg, self.index, name="layer")
+    if not self.history:
+      h_BTD, _ = core(carry, None, layer_xs, shared, positions_BT,
+                      segment_ids_BT)
+      return h_BTD, None
+
+    h_BTD, w_acc_LBTD, c_acc_LBTD = carry
+    i = layer_xs["layer"] if self.index is None else self.index
+    prefix = (w_acc_LBTD[i], c_acc_LBTD[i])
+    h_BTD, s_BTD = core(h_BTD, prefix, layer_xs, shared, positions_BT,
+                        segment_ids_BT)
+    s32_1BTD = s_BTD.astype(jnp.float32)[None]
+    w_acc_LBTD = w_acc_LBTD + layer_xs["w_future"][:, None, None, None] * s32_1BTD
+    c_acc_LBTD = c_acc_LBTD + layer_xs["c_future"][:, None, None, None] * s32_1BTD
+    return (h_BTD, w_acc_LBTD, c_acc_LBTD), None
+
+
+class LayerStack(nn.Module):
+  """Runs `core` for every layer; owns remat and scan for all architectures."""
+  config: ModelConfig
+  core: Any
+  history: bool = False
+
+  @nn.compact
+  def __call__(self, carry, layer_xs, shared, positions_BT, segment_ids_BT):
+    cfg = self.config
+    L = cfg.num_layers
+    layer_xs = dict(layer_xs, layer=jnp.arange(L))
+    if cfg.scan_layers:
+      scanned = nn.scan(
+          _Step,
+          variable_axes={"params": 0},
+          split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=L,
+          metadata_params={nn.PARTITION_NAME: "layers"},
+      )
+      carry, _ = scanned(cfg, self.core, self.history, None, name="layers")(
+          carry, layer_xs, shared, positions_BT, segment_ids_BT)
+      return carry
+    for i in range(L):
+      xs_i = jax.tree.map(lambda a, i=i: a[i], layer_xs)
+      carry, _ = _Step(cfg, self.core, self.history, i, name=f"layers_{i}")(
+          carry, xs_i, shared, positions_BT, segment_ids_BT)
+    return carry

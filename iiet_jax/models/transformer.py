@@ -1,0 +1,35 @@
+"""Transformer++ (SPEC.md section 2): h_t = B_t(h_{t-1})."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from iiet_jax.models.config import ModelConfig
+from iiet_jax.models.layers import DecoderBlock
+from iiet_jax.models.stack import LayerStack
+
+Array = jax.Array
+
+
+class TransformerLayer(nn.Module):
+  """Layer core: one explicit Euler step, h + F(h), inside B_t."""
+  config: ModelConfig
+  index: int | None = None
+
+  @nn.compact
+  def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
+               segment_ids_BT):
+    del prefix, layer_xs, shared
+    return DecoderBlock(self.config, name="block")(
+        h_BTD, positions_BT, segment_ids_BT), None
+
+
+class TransformerDecoder(nn.Module):
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, h0_BTD: Array, positions_BT: Array,
+               segment_ids_BT: Array | None) -> Array:
+    return LayerStack(self.config, TransformerLayer, name="stack")(
+        h0_BTD, {}, None, positions_BT, segment_ids_BT)
