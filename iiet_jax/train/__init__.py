@@ -1,0 +1,1 @@
+"""Training: losses (and, as they land, the train state, steps and stages)."""
