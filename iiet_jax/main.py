@@ -75,7 +75,11 @@ def main(argv) -> None:
   if _CONFIG.value is None:
     raise app.UsageError(
         "--config is required, e.g. --config=configs/lm.py:model=iiet,size=tiny")
-  forward_demo(_CONFIG.value)
+  from iiet_jax.models import ConfigError
+  try:
+    forward_demo(_CONFIG.value)
+  except ConfigError as err:
+    sys.exit(f"Config error: {err}")
 
 
 def run() -> None:

@@ -1,0 +1,33 @@
+"""The README's main command runs end to end."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_main_forward_demo():
+  out = subprocess.run(
+      [sys.executable, "-m", "iiet_jax.main",
+       "--config=configs/lm.py:model=iiet,size=tiny",
+       "--config.model.iterations=1"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = dict(line.split(None, 1) for line in out.stdout.splitlines())
+  assert lines["NFE"].startswith("8 ")  # 4 layers x (1 + 1)
+  loss = float(lines["loss"].split()[0])
+  assert abs(loss - math.log(2048)) < 0.5
+
+
+def test_main_rejects_bad_override():
+  out = subprocess.run(
+      [sys.executable, "-m", "iiet_jax.main",
+       "--config=configs/lm.py:model=iiet,size=tiny",
+       "--config.model.num_heads=3"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode != 0
+  assert "not divisible by model.num_heads=3" in out.stderr
