@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on the embedded default: the tiny IIET on CPU.
+#   bash launch/local.sh [--config=configs/lm.py:model=NAME,size=SIZE] [--config.KEY=VALUE ...]
+# First run installs everything into ./.venv (about a minute).
+source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
+if [[ " $* " != *" --config="* ]]; then
+  set -- --config=configs/lm.py:model=iiet,size=tiny "$@"
+fi
+exec python -m iiet_jax.main "$@"
