@@ -1,0 +1,34 @@
+"""Activation memory of the history grows linearly with depth, not as L^2."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from iiet_jax.models import ModelConfig
+
+_spec = importlib.util.spec_from_file_location(
+    "layer_stack_bench",
+    Path(__file__).resolve().parents[1] / "bench" / "layer_stack.py")
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+@pytest.mark.parametrize("arch", ["iiet", "pcformer"])
+def test_history_memory_linear_in_depth(arch):
+  B, T, D = 2, 32, 32
+  temps = {}
+  for L in (2, 4, 8):
+    cfg = ModelConfig(arch=arch, num_layers=L, d_model=D, num_heads=4,
+                      d_ff=64, vocab_size=128, iterations=2, dtype="float32",
+                      remat_policy="full")
+    temps[L] = bench.measure(cfg, B, T)["temp_mib"] * bench.MiB
+  grow_small, grow_large = temps[4] - temps[2], temps[8] - temps[4]
+  # Linear: doubling the added layers doubles the added memory. Keeping the
+  # [L, B, T, D] history per layer would add memory proportional to L per layer.
+  assert grow_large <= 2.5 * grow_small, temps
+  per_layer = grow_large / 4
+  state_bytes = B * T * D * 4
+  assert per_layer <= 16 * state_bytes, (per_layer / state_bytes, temps)
