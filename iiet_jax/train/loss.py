@@ -1,4 +1,4 @@
-"""Next-token cross-entropy, computed in float32."""
+"""Next-token cross-entropy and z-loss, computed in float32."""
 
 from __future__ import annotations
 
@@ -8,19 +8,32 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def next_token_loss(logits_BTV: Array, tokens_BT: Array,
-                    mask_BT: Array | None = None) -> tuple[Array, Array]:
-  """Mean CE of predicting token i+1 from position i; returns (loss, count).
+def next_token_sums(logits_BTV: Array, tokens_BT: Array,
+                    mask_BT: Array | None = None,
+                    segment_ids_BT: Array | None = None) -> dict[str, Array]:
+  """Summed losses of predicting token i+1 from position i, and their count.
 
-  `mask_BT` marks the *target* tokens that count (padding and document
-  boundaries are 0); position T-1 has no target and never counts.
+  A target counts when `mask_BT` is 1 at it (padding is 0) and, for packed
+  rows, when it lies in the same segment as its context. Sums rather than
+  means, so micro-batches and hosts can be combined exactly.
   """
   logits = logits_BTV[:, :-1].astype(jnp.float32)
   targets_BT = tokens_BT[:, 1:]
   logz = jax.nn.logsumexp(logits, axis=-1)
   gold = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
-  nll = logz - gold
-  weights = (jnp.ones_like(nll) if mask_BT is None
-             else mask_BT[:, 1:].astype(jnp.float32))
-  count = jnp.sum(weights)
-  return jnp.sum(nll * weights) / jnp.maximum(count, 1.0), count
+  weights = jnp.ones(targets_BT.shape, jnp.float32)
+  if mask_BT is not None:
+    weights = weights * mask_BT[:, 1:].astype(jnp.float32)
+  if segment_ids_BT is not None:
+    weights = weights * (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
+  return {"nll": jnp.sum((logz - gold) * weights),
+          "z": jnp.sum(jnp.square(logz) * weights),
+          "count": jnp.sum(weights)}
+
+
+def next_token_loss(logits_BTV: Array, tokens_BT: Array,
+                    mask_BT: Array | None = None,
+                    segment_ids_BT: Array | None = None) -> tuple[Array, Array]:
+  """Mean next-token cross-entropy and the number of targets it averages."""
+  sums = next_token_sums(logits_BTV, tokens_BT, mask_BT, segment_ids_BT)
+  return sums["nll"] / jnp.maximum(sums["count"], 1.0), sums["count"]

@@ -1,0 +1,1 @@
+"""Parallelism: device meshes, the logical-axis rules, multi-host set-up."""

@@ -1,0 +1,141 @@
+"""Pure steps: `train_step(state, batch) -> (state, metrics)` and `eval_step`.
+
+A batch is a dict of [B, T] arrays: `tokens` (int32) and optionally `mask`
+(1 where a target token counts), `positions` and `segment_ids` (packed rows).
+With `micro_batches = k` the step scans over k slices of B/k rows inside the
+jitted program, summing float32 gradients, so the update equals that of one
+batch of B. Losses are token sums divided once by the global token count.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from iiet_jax.parallel import sharding as shd
+from iiet_jax.train.loss import next_token_sums
+from iiet_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+OPTIONAL_INPUTS = ("mask", "positions", "segment_ids")
+
+
+def _sums(model: nn.Module, params, batch: Batch) -> dict[str, jax.Array]:
+  logits_BTV = model.apply({"params": params}, batch["tokens"],
+                           positions_BT=batch.get("positions"),
+                           segment_ids_BT=batch.get("segment_ids"))
+  return next_token_sums(logits_BTV, batch["tokens"], batch.get("mask"),
+                         batch.get("segment_ids"))
+
+
+def _split_micro(batch: Batch, k: int) -> Batch:
+  """[B, ...] -> [k, B/k, ...] with micro-batch j = rows j, j+k, ...
+
+  Strided rows keep every micro-batch spread over all data shards (each
+  device holds a contiguous block of rows)."""
+  def split(x):
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, micro_batches: int = 1,
+                    z_loss: float = 0.0) -> Callable:
+  """The pure train step; jit it with `jit_train_step`."""
+
+  def objective(params, batch):
+    sums = _sums(model, params, batch)
+    return sums["nll"] + z_loss * sums["z"], sums
+
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def train_step(state: TrainState, batch: Batch):
+    B = batch["tokens"].shape[0]
+    if B % micro_batches:
+      raise ValueError(f"Batch of {B} rows does not split into "
+                       f"micro_batches={micro_batches}.")
+    if micro_batches == 1:
+      grads, sums = grad_fn(state.params, batch)
+    else:
+      def accumulate(carry, micro):
+        grads, sums = grad_fn(state.params, micro)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32),
+                           state.params)
+      zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("nll", "z", "count")}
+      (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums),
+                                      _split_micro(batch, micro_batches))
+    count = jnp.maximum(sums["count"], 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    loss = sums["nll"] / count
+    new_state = state.replace(step=state.step + 1, params=params,
+                              opt_state=opt_state).add_tokens(sums["count"])
+    metrics = {
+        "loss": loss,
+        "perplexity": jnp.exp(loss),
+        "z_loss": sums["z"] / count,
+        "grad_norm": optax.global_norm(grads),
+        "update_norm": optax.global_norm(updates),
+        "learning_rate": schedule(state.step),
+        "tokens": sums["count"],
+        "tokens_seen": new_state.tokens_seen,
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+  """eval_step(params, batch) -> token sums {nll, z, count} to accumulate."""
+  def eval_step(params, batch: Batch):
+    return _sums(model, params, batch)
+  return eval_step
+
+
+class ShardedStep:
+  """A step jitted with explicit shardings, traced under the mesh and rules."""
+
+  def __init__(self, fn: Callable, mesh: Mesh, rules, in_shardings,
+               out_shardings, donate_argnums=()):
+    self.mesh, self.rules = mesh, rules
+    self.jitted = jax.jit(fn, in_shardings=in_shardings,
+                          out_shardings=out_shardings,
+                          donate_argnums=donate_argnums)
+
+  def __call__(self, *args):
+    with jax.set_mesh(self.mesh), shd.axis_rules(self.rules):
+      return self.jitted(*args)
+
+  def lower(self, *args):
+    with jax.set_mesh(self.mesh), shd.axis_rules(self.rules):
+      return self.jitted.lower(*args)
+
+
+def batch_shardings(batch_keys, mesh: Mesh, rules) -> dict[str, NamedSharding]:
+  return {k: shd.batch_sharding(mesh, rules) for k in batch_keys}
+
+
+def jit_train_step(train_step: Callable, state_shardings: Any, mesh: Mesh,
+                   rules, batch_keys=("tokens",)) -> ShardedStep:
+  """Jitted with in/out shardings; the input state is donated."""
+  metrics_sharding = NamedSharding(mesh, PartitionSpec())
+  return ShardedStep(
+      train_step, mesh, rules,
+      in_shardings=(state_shardings, batch_shardings(batch_keys, mesh, rules)),
+      out_shardings=(state_shardings, metrics_sharding), donate_argnums=(0,))
+
+
+def jit_eval_step(eval_step: Callable, param_shardings: Any, mesh: Mesh,
+                  rules, batch_keys=("tokens",)) -> ShardedStep:
+  return ShardedStep(
+      eval_step, mesh, rules,
+      in_shardings=(param_shardings, batch_shardings(batch_keys, mesh, rules)),
+      out_shardings=NamedSharding(mesh, PartitionSpec()))
