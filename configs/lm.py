@@ -79,4 +79,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   model.update(SIZES[variant["size"]])
   config.model = model
+
+  config.total_steps = 20 if tiny else 30000
+  config.micro_batches = 1          # gradient accumulation inside the step
+  config.z_loss = 0.0
+  config.optimizer = ml_collections.ConfigDict(dict(
+      peak_lr=3e-4, warmup_steps=5 if tiny else 100, end_lr_ratio=0.1,
+      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
+      moments_dtype="float32"))
+  # Per-slice mesh axis sizes (one may be -1) and the number of slices/nodes.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1,
+                                               slices=1))
+  # Logical-axis rules: a preset from iiet_jax/parallel/sharding.py, plus
+  # optional per-name overrides, e.g. {"vocab": "tensor"}.
+  config.sharding = ml_collections.ConfigDict(dict(preset="fsdp"))
+  config.sharding.rules = ml_collections.ConfigDict()
   return config

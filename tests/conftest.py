@@ -7,8 +7,10 @@ import os
 
 # Tiny test models spend most of their time in XLA's CPU compiler; its cheapest
 # optimisation level halves that and leaves float32 results within tolerance.
+# Eight fake CPU devices let the sharding tests build real meshes.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_backend_optimization_level=0").strip()
+                           " --xla_backend_optimization_level=0"
+                           " --xla_force_host_platform_device_count=8").strip()
 
 import flax.linen as nn
 import jax

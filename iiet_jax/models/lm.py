@@ -48,7 +48,11 @@ class LanguageModel(nn.Module):
                                        segment_ids_BT)
 
   def embed(self, tokens_BT: Array) -> Array:
-    emb_VD = self.embedding.astype(self.config.compute_dtype)
+    # Look up in a gathered table: rows gathered from a sharded table come
+    # out sharded along `embed`, and turning that into batch sharding makes
+    # XLA replicate the gather (its "involuntary full rematerialization").
+    emb_VD = constrain(self.embedding.astype(self.config.compute_dtype),
+                       (None, None))
     return constrain(jnp.take(emb_VD, tokens_BT, axis=0), BTD)
 
   def logits_from_embeddings(self, h0_BTD: Array,

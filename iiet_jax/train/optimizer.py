@@ -18,15 +18,15 @@ DECAYED = frozenset({"query", "key", "value", "out", "gate", "up", "down",
                      "head"})
 
 
-def learning_rate_schedule(opt) -> optax.Schedule:
+def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
   """Linear warm-up to `peak_lr`, cosine decay to `peak_lr * end_lr_ratio`."""
-  if opt.total_steps <= opt.warmup_steps:
+  if total_steps <= opt.warmup_steps:
     raise ValueError(
-        f"total_steps={opt.total_steps} must exceed "
+        f"total_steps={total_steps} must exceed "
         f"optimizer.warmup_steps={opt.warmup_steps}.")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt.peak_lr, warmup_steps=opt.warmup_steps,
-      decay_steps=opt.total_steps, end_value=opt.peak_lr * opt.end_lr_ratio)
+      decay_steps=total_steps, end_value=opt.peak_lr * opt.end_lr_ratio)
 
 
 def decay_mask(params) -> Any:
@@ -54,12 +54,13 @@ def stored_in(dtype, inner: optax.GradientTransformation
   return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`opt` is the `optimizer` block of the config (with `total_steps`)."""
+def make_optimizer(opt, total_steps: int
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """`opt` is the `optimizer` block of the config."""
   if opt.moments_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"optimizer.moments_dtype={opt.moments_dtype!r}; choose "
                      f"float32 or bfloat16.")
-  schedule = learning_rate_schedule(opt)
+  schedule = learning_rate_schedule(opt, total_steps)
   adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                       weight_decay=opt.weight_decay, mask=decay_mask)
   if opt.moments_dtype == "bfloat16":
