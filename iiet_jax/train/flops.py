@@ -1,0 +1,72 @@
+"""Analytic FLOPs per token, per-chip peaks, and MFU.
+
+Counts multiply-adds as 2 FLOPs, from SPEC.md sections 1-4:
+  block B_t      2 * (4 d^2 + 3 d F)  projections + SwiGLU
+                 + 4 T d               scores and values (full-matrix count,
+                                       the PaLM convention; causal masking
+                                       would halve it)
+  Transformer++  L blocks + head 2 d V
+  IIET           sum_t (1 + r_t) blocks + every history mix: each of the r_t
+                 iterations and the output mix of layer t sums t + 1 states
+                 (2 (t + 1) d)
+  PCformer       (order + 1) blocks per layer, the RK combination
+                 (2 order d), the corrector and output mixes (2 * 2 (t + 1) d)
+Training is counted as 3x the forward pass (forward + backward), without
+rematerialisation, as MFU is conventionally defined.
+"""
+
+from __future__ import annotations
+
+from iiet_jax.models.config import ModelConfig
+
+# Dense bf16 peak TFLOP/s per chip, and the HBM XLA can allocate per device
+# (GiB), keyed by a substring of `device.device_kind`. Most specific first.
+CHIPS = (
+    ("TPU v5 lite", 197.0, 15.75),   # v5e
+    ("TPU v6 lite", 918.0, 31.25),   # v6e
+    ("TPU v5", 459.0, 95.74),        # v5p
+    ("TPU v4", 275.0, 30.75),        # v4 (megacore chip)
+    ("H100", 989.0, 80.0),
+    ("A100", 312.0, 80.0),
+)
+
+
+def chip(device_kind: str) -> tuple[float | None, float | None]:
+  """(peak TFLOP/s, HBM GiB) of a device kind; (None, None) when unknown (CPU)."""
+  for name, peak, hbm in CHIPS:
+    if name.lower() in device_kind.lower():
+      return peak, hbm
+  return None, None
+
+
+def block_flops(cfg: ModelConfig, seq_len: int) -> float:
+  d, f = cfg.d_model, cfg.d_ff
+  return 2.0 * (4 * d * d + 3 * d * f) + 4.0 * seq_len * d
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  d = cfg.d_model
+  total = 2.0 * d * cfg.vocab_size
+  block = block_flops(cfg, seq_len)
+  for t, nfe in enumerate(cfg.block_evaluations_per_layer(), start=1):
+    total += nfe * block
+    mix = 2.0 * (t + 1) * d
+    if cfg.arch == "iiet":
+      total += (cfg.iterations[t - 1] + 1) * mix
+    elif cfg.arch == "pcformer":
+      total += 2 * mix + 2.0 * cfg.pc_order * d
+  return total
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  return 3.0 * forward_flops_per_token(cfg, seq_len)
+
+
+def mfu(cfg: ModelConfig, seq_len: int, tokens_per_second_per_device: float,
+        device_kind: str) -> float | None:
+  """Model FLOPs utilisation in [0, 1], or None where the peak is unknown."""
+  peak, _ = chip(device_kind)
+  if peak is None:
+    return None
+  achieved = train_flops_per_token(cfg, seq_len) * tokens_per_second_per_device
+  return achieved / (peak * 1e12)
