@@ -10,13 +10,19 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "Set PYTHON=/path/to/python3.11 and run again." >&2
   exit 1
 fi
+# libtpu (the `tpu` extra) lets `python -m iiet_jax.aot` compile for TPU
+# topologies on this host; PyPI has it for x86_64 Linux only.
+if [ -z "${IIET_EXTRAS:-}" ]; then
+  IIET_EXTRAS=test
+  [ "$(uname -sm)" = "Linux x86_64" ] && IIET_EXTRAS=test,tpu
+fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 STAMP="$VENV/.iiet_installed"
-WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+WANT="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)-$IIET_EXTRAS"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "Installing iiet_jax and its dependencies into $VENV ..."
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[test]"
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$IIET_EXTRAS]"
   echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

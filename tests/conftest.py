@@ -7,6 +7,8 @@ import os
 
 # Tiny test models spend most of their time in XLA's CPU compiler; its cheapest
 # optimisation level halves that and leaves float32 results within tolerance.
+# Tests run on the CPU; libtpu (for the AOT check) must not probe for TPUs.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Eight fake CPU devices let the sharding tests build real meshes.
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_backend_optimization_level=0"

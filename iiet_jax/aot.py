@@ -1,0 +1,145 @@
+"""Compile the real train step for a TPU topology on any host, and report memory.
+
+  python -m iiet_jax.aot --config=configs/lm.py:model=iiet,size=1.3b \
+      --topology=v5e:4x4 [--slices=2] [--config.mesh.fsdp=-1 ...]
+
+Needs libtpu (`pip install -e .[tpu]`), not a TPU: devices come from
+`jax.experimental.topologies`. Prints per-device memory (arguments, outputs,
+temporaries, total against the chip's HBM), compiled and analytic FLOPs, and a
+final JSON line with the same numbers. Topology names are GENERATION:SHAPE,
+e.g. v5e:4x4 (v5e-16), v4:2x2x4 (v4-32, one device per megacore chip),
+v5p:2x2x4, v6e:4x4.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+# libtpu probes for TPU metadata on import; on a CPU host these keep it quiet.
+for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
+                   ("TPU_WORKER_HOSTNAMES", "localhost")):
+  os.environ.setdefault(key, value)
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/lm.py:model=iiet,size=1.3b.")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "v5e:4x4", "TPU topology GENERATION:SHAPE, e.g. v5e:4x4, "
+    "v4:2x2x4, v5p:2x2x4.")
+_SLICES = flags.DEFINE_integer("slices", 1, "Number of slices joined by DCN.")
+
+GiB = 2 ** 30
+
+
+def topology_devices(topology: str, slices: int = 1):
+  """TPU device objects of a topology, created on this host (needs libtpu)."""
+  from jax.experimental import topologies
+  try:
+    import libtpu  # noqa: F401
+  except ImportError as err:
+    raise SystemExit("The AOT check needs libtpu: pip install -e '.[tpu]'"
+                     ) from err
+  kwargs = {"num_slices": slices} if slices > 1 else {}
+  if topology.lower().startswith("v4"):
+    kwargs["chip_config_name"] = "megacore"  # one device per chip, as on v4
+  try:
+    return topologies.get_topology_desc(topology, "tpu", **kwargs).devices
+  except Exception as err:  # libtpu raises XlaRuntimeError for bad names
+    raise SystemExit(
+        f"--topology={topology} was not accepted by libtpu ({err}). Use "
+        f"GENERATION:SHAPE such as v5e:4x4, v4:2x2x4, v5p:2x2x2.") from err
+
+
+def compile_train_step(config, devices) -> dict:
+  """Lowers and compiles the sharded train step; returns its numbers."""
+  import jax
+  import jax.numpy as jnp
+  from iiet_jax.parallel.sharding import batch_sharding
+  from iiet_jax.train import flops
+  from iiet_jax.train.build import build_training
+
+  start = time.perf_counter()
+  training = build_training(config, devices=devices)
+  state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      training.abstract_state, training.state_shardings)
+  batch = {"tokens": jax.ShapeDtypeStruct(
+      (config.batch_size, config.seq_len), jnp.int32,
+      sharding=batch_sharding(training.mesh, training.rules))}
+  lowered = training.train_step.lower(state, batch)
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - start
+
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis() or {}
+  kind = devices[0].device_kind
+  peak, hbm_gib = flops.chip(kind)
+  total = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+           - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+  n = len(devices)
+  tokens = config.batch_size * config.seq_len
+  cfg = training.model.config
+  return {
+      "variant": config.get("variant", ""),
+      "device_kind": kind,
+      "devices": n,
+      "mesh": dict(training.mesh.shape),
+      "preset": config.sharding.preset,
+      "remat": cfg.remat_policy,
+      "micro_batches": config.micro_batches,
+      "compile_s": round(seconds, 1),
+      "argument_gib": mem.argument_size_in_bytes / GiB,
+      "output_gib": mem.output_size_in_bytes / GiB,
+      "alias_gib": mem.alias_size_in_bytes / GiB,
+      "temp_gib": mem.temp_size_in_bytes / GiB,
+      "total_gib": total / GiB,
+      "hbm_gib": hbm_gib,
+      "fits": None if hbm_gib is None else total / GiB <= hbm_gib,
+      # XLA counts each loop body once: an undercount for scanned layers.
+      "compiled_tflop_per_device": cost.get("flops", float("nan")) / 1e12,
+      "analytic_tflop_per_device": (flops.train_flops_per_token(
+          cfg, config.seq_len) * tokens / n / 1e12),
+      "peak_tflops": peak,
+  }
+
+
+def report(r: dict) -> str:
+  mesh = " x ".join(f"{k}={v}" for k, v in r["mesh"].items())
+  hbm = f"{r['hbm_gib']:.2f} GiB HBM" if r["hbm_gib"] else "HBM unknown"
+  verdict = {True: "fits", False: "DOES NOT FIT", None: "?"}[r["fits"]]
+  return "\n".join([
+      f"{r['variant']} on {r['devices']} x {r['device_kind']} ({mesh}, "
+      f"rules={r['preset']}, remat={r['remat']}, "
+      f"micro_batches={r['micro_batches']}); compiled in {r['compile_s']}s",
+      f"  per device: arguments {r['argument_gib']:.2f} GiB, outputs "
+      f"{r['output_gib']:.2f} GiB (aliased {r['alias_gib']:.2f}), "
+      f"temporaries {r['temp_gib']:.2f} GiB",
+      f"  total {r['total_gib']:.2f} GiB of {hbm}: {verdict}",
+      f"  train step FLOPs per device: analytic "
+      f"{r['analytic_tflop_per_device']:.1f} TFLOP, XLA "
+      f"{r['compiled_tflop_per_device']:.2f} TFLOP (loop bodies counted once)",
+  ])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required.")
+  devices = topology_devices(_TOPOLOGY.value, _SLICES.value)
+  _CONFIG.value.mesh.slices = _SLICES.value
+  result = compile_train_step(_CONFIG.value, devices)
+  result["topology"] = _TOPOLOGY.value
+  result["slices"] = _SLICES.value
+  print(report(result))
+  print(json.dumps(result))
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,48 @@
+"""The ahead-of-time TPU compile check runs and its numbers can be read back."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training import ROOT
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is installed by the tpu extra (x86_64 Linux only)")
+
+
+def run_aot(*args):
+  out = subprocess.run([sys.executable, "-m", "iiet_jax.aot", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+  return out
+
+
+@needs_libtpu
+def test_aot_tiny_on_v5e_2x2():
+  out = run_aot("--config=configs/lm.py:model=iiet,size=tiny",
+                "--topology=v5e:2x2", "--config.batch_size=8",
+                "--config.mesh.fsdp=2", "--config.mesh.data=-1")
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["device_kind"] == "TPU v5 lite" and result["devices"] == 4
+  assert result["mesh"] == {"data": 2, "fsdp": 2, "tensor": 1}
+  total = (result["argument_gib"] + result["output_gib"] - result["alias_gib"]
+           + result["temp_gib"])
+  assert result["total_gib"] == pytest.approx(total)
+  assert result["argument_gib"] > 0 and result["temp_gib"] > 0
+  assert result["alias_gib"] > 0  # the state is donated
+  assert result["hbm_gib"] == 15.75 and result["fits"] is True
+  assert "fits" in out.stdout
+
+
+@needs_libtpu
+def test_aot_rejects_bad_topology():
+  out = run_aot("--config=configs/lm.py:model=iiet,size=tiny",
+                "--topology=v5e-16")
+  assert out.returncode != 0
+  assert "--topology=v5e-16 was not accepted" in out.stderr
