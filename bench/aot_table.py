@@ -1,0 +1,82 @@
+"""Runs `python -m iiet_jax.aot` over architectures x sizes x topologies.
+
+  python bench/aot_table.py [--out=docs/aot_memory.md] [--sizes=340m,740m,1.3b]
+
+Global batch 256 x 2048, FSDP over all chips, full remat. For each entry the
+micro-batch counts are tried in order and the first that fits in HBM is kept;
+every attempt is listed. Results stream to OUT.jsonl as they arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOPOLOGIES = {"v5e-16": "v5e:4x4", "v4-32": "v4:2x2x4"}
+
+
+def attempt(model: str, size: str, topology: str, micro: int) -> dict:
+  cmd = [sys.executable, "-m", "iiet_jax.aot",
+         f"--config=configs/lm.py:model={model},size={size}",
+         f"--topology={topology}", "--config.mesh.data=1",
+         "--config.mesh.fsdp=-1", "--config.sharding.preset=fsdp",
+         "--config.model.remat_policy=full", "--config.batch_size=256",
+         "--config.seq_len=2048", f"--config.micro_batches={micro}"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  if out.returncode:
+    return {"model": model, "size": size, "topology": topology,
+            "micro_batches": micro, "error": out.stderr.strip()[-400:]}
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  result.update(model=model, size=size)
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--out", default="docs/aot_memory.md")
+  parser.add_argument("--models", default="transformer,pcformer,iiet")
+  parser.add_argument("--sizes", default="340m,740m,1.3b")
+  parser.add_argument("--micro", default="4,8,16")
+  args = parser.parse_args()
+  out = Path(args.out)
+  stream = out.with_suffix(".jsonl").open("w")
+  rows = []
+  for name, topology in TOPOLOGIES.items():
+    for size in args.sizes.split(","):
+      for model in args.models.split(","):
+        for micro in (int(m) for m in args.micro.split(",")):
+          r = attempt(model, size, topology, micro)
+          r["name"] = name
+          stream.write(json.dumps(r) + "\n")
+          stream.flush()
+          status = ("error" if "error" in r else
+                    f"{r['total_gib']:.2f}/{r['hbm_gib']} GiB "
+                    f"{'fits' if r['fits'] else 'too big'} "
+                    f"({r['compile_s']}s)")
+          print(f"{name} {model} {size} micro={micro}: {status}", flush=True)
+          rows.append(r)
+          if r.get("fits"):
+            break
+  lines = ["| chips | model | size | micro-batches | args GiB | temp GiB | "
+           "total GiB | HBM GiB | fits | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    if "error" in r:
+      lines.append(f"| {r['name']} | {r['model']} | {r['size']} | "
+                   f"{r['micro_batches']} | error: {r['error'][-120:]} |||||")
+      continue
+    lines.append(
+        f"| {r['name']} | {r['model']} | {r['size']} | {r['micro_batches']} | "
+        f"{r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
+        f"{r['total_gib']:.2f} | {r['hbm_gib']} | "
+        f"{'yes' if r['fits'] else 'no'} | {r['compile_s']} |")
+  out.write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))
+
+
+if __name__ == "__main__":
+  main()
