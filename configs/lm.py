@@ -1,14 +1,15 @@
 """Language-model pre-training configs: architecture x size.
 
-Run (tiny IIET on CPU, a forward pass that prints parameters and loss):
+Run (tiny IIET on CPU: 20 train steps on Python stdlib source, ~30 s):
 
   python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny
 
 Variants: `model` in transformer, pcformer, iiet; `size` in tiny, 55m, 340m,
 740m, 1.3b (SPEC.md section 7). Any field can be overridden on the command
 line, e.g. `--config.model.iterations=2 --config.model.scan_layers=False`.
-Expected output for the tiny IIET: about 0.9M parameters, 16 block evaluations
-per token, and an initial loss close to ln(vocab_size) = ln(2048) = 7.62.
+Expected output for the tiny IIET: 1,068,210 parameters, 16 block evaluations
+per token, a first loss close to ln(vocab_size) = ln(2048) = 7.62 falling
+below 6 by step 20, and a log line with tokens/s every 2 steps.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.micro_batches = 1          # gradient accumulation inside the step
   config.z_loss = 0.0
   config.optimizer = ml_collections.ConfigDict(dict(
-      peak_lr=3e-4, warmup_steps=5 if tiny else 100, end_lr_ratio=0.1,
+      peak_lr=3e-3 if tiny else 3e-4, warmup_steps=5 if tiny else 100,
+      end_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       moments_dtype="float32"))
   # Per-slice mesh axis sizes (one may be -1) and the number of slices/nodes.

@@ -2,10 +2,10 @@
 
   python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny
 
-Builds the configured model, initialises it, and runs one forward pass on a
-batch cut from the Python standard library's source (bytes as token ids, so
-nothing needs downloading), printing the parameter count, block evaluations
-per token and the next-token loss.
+Builds the configured model and its sharded train step on all local devices
+and trains for `total_steps` steps on the Python standard library's own
+source (bytes as token ids, so nothing needs downloading), logging loss,
+tokens/s, TFLOP/s per device and MFU.
 """
 
 from __future__ import annotations
@@ -40,33 +40,64 @@ def stdlib_bytes(num_bytes: int) -> np.ndarray:
   return np.frombuffer(b"".join(chunks)[:num_bytes], dtype=np.uint8)
 
 
-def forward_demo(config) -> dict[str, float]:
-  import jax
-  import jax.numpy as jnp
-  from iiet_jax.models import build_model
-  from iiet_jax.train.loss import next_token_loss
+def stdlib_batches(batch: int, seq_len: int, vocab_size: int, steps: int):
+  """Consecutive [batch, seq_len] windows of stdlib bytes (ids mod vocab)."""
+  data = stdlib_bytes(batch * seq_len * steps).astype(np.int32) % vocab_size
+  for step in range(steps):
+    rows = data[step * batch * seq_len:(step + 1) * batch * seq_len]
+    yield {"tokens": rows.reshape(batch, seq_len)}
 
-  model = build_model(config.model)
-  cfg = model.config
-  B, T = config.batch_size, config.seq_len
-  tokens_BT = jnp.asarray(
-      stdlib_bytes(B * T).astype(np.int32).reshape(B, T) % cfg.vocab_size)
+
+def train_demo(config) -> dict[str, float]:
+  """Trains for `config.total_steps` steps, logging loss and throughput."""
+  import jax
+  from iiet_jax.parallel import mesh as mesh_lib
+  from iiet_jax.train import flops
+  from iiet_jax.train.build import build_training
+
   start = time.perf_counter()
-  variables = jax.jit(model.init)(jax.random.key(config.seed), tokens_BT)
-  num_params = sum(x.size for x in jax.tree.leaves(variables))
-  logits_BTV = jax.jit(model.apply)(variables, tokens_BT)
-  loss, _ = next_token_loss(logits_BTV, tokens_BT)
-  loss = float(loss)
-  seconds = time.perf_counter() - start
+  training = build_training(config)
+  cfg = training.model.config
+  state = training.init_state(config.seed)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
   nfe = sum(cfg.block_evaluations_per_layer())
   print(f"model      {config.variant} ({cfg.arch}, {cfg.num_layers} layers, "
         f"d={cfg.d_model}, iterations={cfg.iterations})")
   print(f"parameters {num_params:,}")
   print(f"NFE        {nfe} block evaluations per token")
-  print(f"batch      {B} x {T} tokens of Python stdlib source")
-  print(f"loss       {loss:.4f} (ln V = {np.log(cfg.vocab_size):.4f})")
-  print(f"time       {seconds:.1f}s (init + forward, compile included)")
-  return {"loss": loss, "parameters": num_params}
+  print(f"mesh       {mesh_lib.describe(training.mesh)}, "
+        f"rules={config.sharding.preset}")
+  print(f"data       {config.batch_size} x {config.seq_len} tokens of Python "
+        f"stdlib source per step (bytes as ids)")
+  kind = jax.devices()[0].device_kind
+  losses, timed_tokens, timed_seconds = [], 0, 0.0
+  log_every = max(1, config.total_steps // 10)
+  batches = stdlib_batches(config.batch_size, config.seq_len,
+                           cfg.vocab_size, config.total_steps)
+  for step, batch in enumerate(batches, start=1):
+    t0 = time.perf_counter()
+    state, metrics = training.train_step(state, batch)
+    loss = float(metrics["loss"])  # waits for the step
+    if step > 1:  # the first step includes compilation
+      timed_seconds += time.perf_counter() - t0
+      timed_tokens += config.batch_size * config.seq_len
+    losses.append(loss)
+    if step == 1 or step % log_every == 0 or step == config.total_steps:
+      line = (f"step {step:5d}  loss {loss:.4f}  "
+              f"lr {float(metrics['learning_rate']):.2e}  "
+              f"grad_norm {float(metrics['grad_norm']):.3f}")
+      if timed_seconds:
+        tp = flops.throughput(cfg, config.seq_len, timed_tokens,
+                              timed_seconds, training.mesh.devices.size, kind)
+        mfu = "n/a" if tp["mfu"] is None else f"{100 * tp['mfu']:.1f}%"
+        line += (f"  {tp['tokens_per_s']:,.0f} tok/s  "
+                 f"{tp['tflops_per_device']:.3f} TFLOP/s/device  MFU {mfu}")
+      print(line, flush=True)
+  print(f"loss       {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} "
+        f"steps (ln V = {np.log(cfg.vocab_size):.4f})")
+  print(f"time       {time.perf_counter() - start:.1f}s (compile included)")
+  return {"first_loss": losses[0], "last_loss": losses[-1],
+          "parameters": num_params}
 
 
 def main(argv) -> None:
@@ -76,9 +107,13 @@ def main(argv) -> None:
     raise app.UsageError(
         "--config is required, e.g. --config=configs/lm.py:model=iiet,size=tiny")
   from iiet_jax.models import ConfigError
+  from iiet_jax.parallel import multihost
+  from iiet_jax.parallel.mesh import MeshError
+  from iiet_jax.parallel.sharding import ShardingError
+  multihost.initialize()
   try:
-    forward_demo(_CONFIG.value)
-  except ConfigError as err:
+    train_demo(_CONFIG.value)
+  except (ConfigError, MeshError, ShardingError) as err:
     sys.exit(f"Config error: {err}")
 
 

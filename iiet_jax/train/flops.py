@@ -70,3 +70,15 @@ def mfu(cfg: ModelConfig, seq_len: int, tokens_per_second_per_device: float,
     return None
   achieved = train_flops_per_token(cfg, seq_len) * tokens_per_second_per_device
   return achieved / (peak * 1e12)
+
+
+def throughput(cfg: ModelConfig, seq_len: int, tokens: int, seconds: float,
+               devices: int, device_kind: str) -> dict[str, float | None]:
+  """tokens/s, TFLOP/s per device and MFU of `tokens` trained in `seconds`."""
+  per_device = tokens / seconds / devices
+  return {
+      "tokens_per_s": tokens / seconds,
+      "tflops_per_device": train_flops_per_token(cfg, seq_len) * per_device
+                           / 1e12,
+      "mfu": mfu(cfg, seq_len, per_device, device_kind),
+  }
