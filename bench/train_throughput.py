@@ -7,8 +7,11 @@ times steps round-robin across architectures (so machine noise hits all of
 them alike) and reports median step time, tokens/s, and the ratio of each to
 Transformer++ beside the ratio of the analytic FLOPs per token. The FLOPs ratio
 is the floor: a measured ratio close to it means the history mixes, extra
-norms and iteration plumbing cost almost nothing. The last line of output is
-one JSON object with all ratios.
+norms and iteration plumbing cost almost nothing. `transformer_nfe` is a
+control: Transformer++ with as many layers as IIET has block evaluations, so
+IIET's time over it isolates the cost of the IIET plumbing from how fast this
+machine runs blocks compared to the head. The last line of output is one JSON
+object with all ratios.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from iiet_jax.train import flops
 from iiet_jax.train.build import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHS = ("transformer", "pcformer", "iiet")
+ARCHS = ("transformer", "pcformer", "iiet", "transformer_nfe")
 
 
 def load_config(arg: str):
@@ -51,7 +54,10 @@ def main():
   for size in args.sizes.split(","):
     runs = {}
     for arch in ARCHS:
-      cfg = load_config(f"model={arch},size={size}")
+      cfg = load_config(f"model={arch.split('_')[0]},size={size}")
+      if arch == "transformer_nfe":
+        iiet = load_config(f"model=iiet,size={size}").model
+        cfg.model.num_layers = iiet.num_layers * (1 + iiet.iterations)
       cfg.model.dtype = "float32"          # bf16 is emulated on CPU
       cfg.model.remat_policy = args.remat
       cfg.batch_size, cfg.seq_len = args.batch, args.seq_len
@@ -86,7 +92,7 @@ def main():
     print(f"\n{size}: batch {args.batch} x {args.seq_len}, "
           f"{args.rounds * args.steps} timed steps each, float32, "
           f"remat={args.remat}, {jax.devices()[0].device_kind}")
-    print(f"{'model':12s} {'step ms':>9s} {'tokens/s':>10s} {'time ratio':>11s} "
+    print(f"{'model':15s} {'step ms':>9s} {'tokens/s':>10s} {'time ratio':>11s} "
           f"{'FLOPs ratio':>12s} {'time/FLOPs':>11s}")
     results[size] = {}
     for arch, run in runs.items():
@@ -96,8 +102,13 @@ def main():
                              "tokens_per_s": round(tokens / t, 1),
                              "time_ratio": round(time_ratio, 3),
                              "flops_ratio": round(flops_ratio, 3)}
-      print(f"{arch:12s} {1e3 * t:9.1f} {tokens / t:10.0f} {time_ratio:11.3f} "
+      print(f"{arch:15s} {1e3 * t:9.1f} {tokens / t:10.0f} {time_ratio:11.3f} "
             f"{flops_ratio:12.3f} {time_ratio / flops_ratio:11.3f}")
+    control = statistics.median(runs["transformer_nfe"]["times"])
+    iiet_vs_control = statistics.median(runs["iiet"]["times"]) / control
+    results[size]["iiet_over_equal_nfe_transformer"] = round(iiet_vs_control, 3)
+    print(f"IIET step time / equal-NFE Transformer++ step time: "
+          f"{iiet_vs_control:.3f}")
   print(json.dumps(results))
 
 
