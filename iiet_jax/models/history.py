@@ -4,7 +4,9 @@
 the layer output; both are (L+1) x (L+1) and only their lower triangle is read.
 `History` owns the two matrices and hands the layer stack what it needs: the
 per-layer slices (diagonal weight and the column feeding later layers) and the
-accumulators started from S_0 = Embed(x).
+accumulators started from S_0 = Embed(x). `HistoryLayer` is the part of a
+layer core that IIET and PCformer share: B_t, LNp_t, LNc_t, the corrector step
+and the output mix; `history_decoder` runs such a core over all layers.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
-from iiet_jax.models.layers import param
+from iiet_jax.models.layers import DecoderBlock, LayerNorm, param
+from iiet_jax.models.stack import LayerStack
 
 Array = jax.Array
 
@@ -50,3 +53,45 @@ class History(nn.Module):
     w_acc_LBTD = w[1:, 0].astype(jnp.float32)[:, None, None, None] * s0_1BTD
     c_acc_LBTD = wc[1:, 0].astype(jnp.float32)[:, None, None, None] * s0_1BTD
     return layer_xs, (w_acc_LBTD, c_acc_LBTD)
+
+
+def history_mix(prefix_BTD: Array, weight: Array, s_BTD: Array,
+                dtype) -> Array:
+  """sum_{j<=t} W[t, j] S_j given the prefix sum over j < t (float32)."""
+  mixed = prefix_BTD + weight.astype(jnp.float32) * s_BTD.astype(jnp.float32)
+  return mixed.astype(dtype)
+
+
+class HistoryLayer(nn.Module):
+  """Base of the IIET / PCformer layer cores (see stack.py for the signature)."""
+  config: ModelConfig
+  index: int | None = None  # static layer index when unrolled
+
+  def setup(self):
+    self.block = DecoderBlock(self.config)          # B_t
+    self.predictor_norm = LayerNorm(self.config)    # LNp_t
+    self.corrector_norm = LayerNorm(self.config)    # LNc_t
+
+  def correct(self, s_BTD, w_prefix_BTD, layer_xs, positions_BT,
+              segment_ids_BT):
+    """One implicit step: S_t <- LNc_t(B_t(sum_j W[t, j] S_j))."""
+    u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD,
+                        self.config.compute_dtype)
+    return self.corrector_norm(self.block(u_BTD, positions_BT,
+                                          segment_ids_BT))
+
+  def output(self, s_BTD, c_prefix_BTD, layer_xs):
+    """h_t = sum_j Wc[t, j] S_j."""
+    return history_mix(c_prefix_BTD, layer_xs["c_self"], s_BTD,
+                       self.config.compute_dtype)
+
+
+def history_decoder(config: ModelConfig, core, h0_BTD, positions_BT,
+                    segment_ids_BT, shared=None, layer_xs=None):
+  """Runs `core` over the layers with the history; call inside a compact
+  `__call__` (creates the `history` and `stack` submodules)."""
+  xs, accumulators = History(config, name="history")(h0_BTD)
+  xs.update(layer_xs or {})
+  h_BTD, _, _ = LayerStack(config, core, history=True, name="stack")(
+      (h0_BTD, *accumulators), xs, shared, positions_BT, segment_ids_BT)
+  return h_BTD

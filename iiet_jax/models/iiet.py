@@ -18,22 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
-from iiet_jax.models.history import History
-from iiet_jax.models.layers import DecoderBlock, LayerNorm
-from iiet_jax.models.stack import LayerStack, history_mix
+from iiet_jax.models.history import HistoryLayer, history_decoder
 
 Array = jax.Array
 
 
-class IIETLayer(nn.Module):
+class IIETLayer(HistoryLayer):
   """Layer core: predictor, r_t implicit iterations, history output mix."""
-  config: ModelConfig
-  index: int | None = None
-
-  def setup(self):
-    self.block = DecoderBlock(self.config)
-    self.predictor_norm = LayerNorm(self.config)   # LNp_t
-    self.corrector_norm = LayerNorm(self.config)   # LNc_t
 
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
                segment_ids_BT):
@@ -48,10 +39,8 @@ class IIETLayer(nn.Module):
       num_iterations, masked = cfg.max_iterations, not cfg.uniform_iterations
 
     def iterate(layer, s_BTD, k):
-      u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD,
-                          cfg.compute_dtype)
-      new_BTD = layer.corrector_norm(
-          layer.block(u_BTD, positions_BT, segment_ids_BT))
+      new_BTD = layer.correct(s_BTD, w_prefix_BTD, layer_xs, positions_BT,
+                              segment_ids_BT)
       if masked:
         new_BTD = jnp.where(k < layer_xs["iterations"], new_BTD, s_BTD)
       return new_BTD, None
@@ -63,9 +52,7 @@ class IIETLayer(nn.Module):
                              self, s_BTD, jnp.arange(num_iterations))
     elif self.is_initializing():
       self.corrector_norm(s_BTD)  # LNc_t exists even when r_t = 0.
-    h_BTD = history_mix(c_prefix_BTD, layer_xs["c_self"], s_BTD,
-                        cfg.compute_dtype)
-    return h_BTD, s_BTD
+    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD
 
 
 class IIETDecoder(nn.Module):
@@ -74,9 +61,6 @@ class IIETDecoder(nn.Module):
   @nn.compact
   def __call__(self, h0_BTD: Array, positions_BT: Array,
                segment_ids_BT: Array | None) -> Array:
-    cfg = self.config
-    layer_xs, accumulators = History(cfg, name="history")(h0_BTD)
-    layer_xs["iterations"] = jnp.asarray(cfg.iterations, jnp.int32)
-    h_BTD, _, _ = LayerStack(cfg, IIETLayer, history=True, name="stack")(
-        (h0_BTD, *accumulators), layer_xs, None, positions_BT, segment_ids_BT)
-    return h_BTD
+    iterations = jnp.asarray(self.config.iterations, jnp.int32)
+    return history_decoder(self.config, IIETLayer, h0_BTD, positions_BT,
+                           segment_ids_BT, layer_xs={"iterations": iterations})

@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
-from iiet_jax.models.history import History
-from iiet_jax.models.layers import DecoderBlock, LayerNorm, layer_norm, param
-from iiet_jax.models.stack import LayerStack, history_mix
+from iiet_jax.models.history import HistoryLayer, history_decoder
+from iiet_jax.models.layers import layer_norm, param
 
 Array = jax.Array
 
@@ -32,25 +31,18 @@ def ema_coefficients(alpha: Array, order: int) -> list[Array]:
   return [alpha * (1.0 - alpha) ** (order - k) for k in range(1, order + 1)]
 
 
-class PCformerLayer(nn.Module):
+class PCformerLayer(HistoryLayer):
   """Layer core: RK predictor, one corrector step, history output mix."""
-  config: ModelConfig
-  index: int | None = None
-
-  def setup(self):
-    self.block = DecoderBlock(self.config)
-    self.predictor_norm = LayerNorm(self.config)   # LNp_t
-    self.corrector_norm = LayerNorm(self.config)   # LNc_t
 
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
                segment_ids_BT):
     cfg = self.config
-    dt = cfg.compute_dtype
     w_prefix_BTD, c_prefix_BTD = prefix
     y32 = h_BTD.astype(jnp.float32)
     stages = [jnp.zeros_like(y32)]
     for k, (src, factor) in enumerate(stage_inputs(cfg.pc_order)):
-      x_BTD = (y32 + factor * stages[src]).astype(dt) if src else h_BTD
+      x_BTD = (y32 + factor * stages[src]).astype(cfg.compute_dtype) if src \
+          else h_BTD
       f32 = layer_norm(self.block(x_BTD, positions_BT, segment_ids_BT),
                        shared["rk_scale"][k], shared["rk_bias"][k], cfg.ln_eps)
       stages.append(f32)
@@ -59,10 +51,9 @@ class PCformerLayer(nn.Module):
     for c, f32 in zip(ema_coefficients(alpha, cfg.pc_order), stages[1:]):
       p32 = p32 + c * f32
     s_BTD = self.predictor_norm(p32)
-    u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD, dt)
-    s_BTD = self.corrector_norm(self.block(u_BTD, positions_BT, segment_ids_BT))
-    h_BTD = history_mix(c_prefix_BTD, layer_xs["c_self"], s_BTD, dt)
-    return h_BTD, s_BTD
+    s_BTD = self.correct(s_BTD, w_prefix_BTD, layer_xs, positions_BT,
+                         segment_ids_BT)
+    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD
 
 
 class PCformerDecoder(nn.Module):
@@ -81,8 +72,5 @@ class PCformerDecoder(nn.Module):
         "rk_bias": param(self, "rk_bias", (order, d), (None, "norm"),
                          nn.initializers.zeros),
     }
-    layer_xs, accumulators = History(cfg, name="history")(h0_BTD)
-    h_BTD, _, _ = LayerStack(cfg, PCformerLayer, history=True, name="stack")(
-        (h0_BTD, *accumulators), layer_xs, shared, positions_BT,
-        segment_ids_BT)
-    return h_BTD
+    return history_decoder(cfg, PCformerLayer, h0_BTD, positions_BT,
+                           segment_ids_BT, shared=shared)

@@ -64,13 +64,6 @@ def remat_policy(cfg: ModelConfig):
   raise ValueError(f"remat_policy {cfg.remat_policy!r} has no jax policy")
 
 
-def history_mix(prefix_BTD: Array, weight: Array, s_BTD: Array,
-                dtype) -> Array:
-  """sum_{j<=t} W[t, j] S_j given the prefix sum over j < t (float32)."""
-  mixed = prefix_BTD + weight.astype(jnp.float32) * s_BTD.astype(jnp.float32)
-  return mixed.astype(dtype)
-
-
 class _Step(nn.Module):
   """One layer of the stack: history read, rematerialised core, history push."""
   config: ModelConfig
