@@ -19,8 +19,11 @@ import sys
 import time
 
 # libtpu probes for TPU metadata on import; on a CPU host these keep it quiet.
+# Without real TPUs there is nothing to guard, so several compile checks may
+# run at once (libtpu otherwise holds a machine-wide lock file).
 for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
-                   ("TPU_WORKER_HOSTNAMES", "localhost")):
+                   ("TPU_WORKER_HOSTNAMES", "localhost"),
+                   ("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")):
   os.environ.setdefault(key, value)
 
 from absl import app, flags  # noqa: E402
