@@ -69,6 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       max_seq_len=2048,
       rope_base=10000.0,
       iterations=3,
+      unroll_iterations=True,
       pc_order=2,
       pc_alpha_init=0.5,
       dtype="float32" if tiny else "bfloat16",

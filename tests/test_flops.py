@@ -12,11 +12,11 @@ from iiet_jax.train import flops
 
 
 @pytest.mark.parametrize("arch,extra", [("transformer", {}),
-                                        ("iiet", dict(iterations=(1, 0, 1))),
+                                        ("iiet", dict(iterations=(3, 0, 2))),
                                         ("pcformer", dict(pc_order=4))])
 def test_forward_flops_match_xla(arch, extra):
-  """XLA counts a loop body once, whatever its trip count, so the layers are
-  unrolled and the iteration loops have length <= 1 here."""
+  """XLA counts a loop body once, whatever its trip count, so layers are
+  unrolled here (iterations are unrolled by default)."""
   cfg = small_config(arch=arch, scan_layers=False, d_model=64, d_ff=128,
                      vocab_size=256, **extra)
   B, T = 2, 32

@@ -17,6 +17,7 @@ CASES = [
     ("iiet", dict(iterations=0), 2, 12),
     ("iiet", dict(iterations=(2, 0, 1)), 2, 16),
     ("iiet", dict(iterations=(0, 3, 1), scan_layers=False), 1, 24),
+    ("iiet", dict(iterations=(2, 3, 1), unroll_iterations=False), 2, 16),
     ("iiet", dict(num_layers=4, d_model=64, num_heads=2, d_ff=80,
                   iterations=(1, 2, 0, 2), tie_embeddings=False), 2, 40),
     ("pcformer", dict(), 2, 16),

@@ -48,7 +48,8 @@ class IIETLayer(HistoryLayer):
     if num_iterations > 0:
       s_BTD, _ = nn.scan(iterate, variable_broadcast="params",
                          split_rngs={"params": False},
-                         length=num_iterations)(
+                         length=num_iterations,
+                         unroll=cfg.unroll_iterations)(
                              self, s_BTD, jnp.arange(num_iterations))
     elif self.is_initializing():
       self.corrector_norm(s_BTD)  # LNc_t exists even when r_t = 0.
