@@ -27,10 +27,11 @@ def attempt(model: str, size: str, topology: str, micro: int) -> dict:
          "--config.model.remat_policy=full", "--config.batch_size=256",
          "--config.seq_len=2048", f"--config.micro_batches={micro}"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-  if out.returncode:
-    return {"model": model, "size": size, "topology": topology,
-            "micro_batches": micro, "error": out.stderr.strip()[-400:]}
-  result = json.loads(out.stdout.strip().splitlines()[-1])
+  try:
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+  except (IndexError, json.JSONDecodeError):
+    result = {"topology": topology, "micro_batches": micro,
+              "error": out.stderr.strip()[-400:]}
   result.update(model=model, size=size)
   return result
 
@@ -41,10 +42,15 @@ def main():
   parser.add_argument("--models", default="transformer,pcformer,iiet")
   parser.add_argument("--sizes", default="340m,740m,1.3b")
   parser.add_argument("--micro", default="4,8,16")
+  parser.add_argument("--keep", action="store_true",
+                      help="keep earlier rows of OUT.jsonl; new rows replace "
+                      "those with the same chips, model, size, micro-batches")
   args = parser.parse_args()
   out = Path(args.out)
-  stream = out.with_suffix(".jsonl").open("w")
-  rows = []
+  jsonl = out.with_suffix(".jsonl")
+  rows = ([json.loads(line) for line in jsonl.read_text().splitlines()]
+          if args.keep and jsonl.exists() else [])
+  stream = jsonl.open("a" if args.keep else "w")
   for name, topology in TOPOLOGIES.items():
     for size in args.sizes.split(","):
       for model in args.models.split(","):
@@ -53,7 +59,7 @@ def main():
           r["name"] = name
           stream.write(json.dumps(r) + "\n")
           stream.flush()
-          status = ("error" if "error" in r else
+          status = (r["error"][-160:] if "error" in r else
                     f"{r['total_gib']:.2f}/{r['hbm_gib']} GiB "
                     f"{'fits' if r['fits'] else 'too big'} "
                     f"({r['compile_s']}s)")
@@ -61,13 +67,17 @@ def main():
           rows.append(r)
           if r.get("fits"):
             break
+  latest = {}
+  for r in rows:
+    latest[(r["name"], r["model"], r["size"], r["micro_batches"])] = r
   lines = ["| chips | model | size | micro-batches | args GiB | temp GiB | "
            "total GiB | HBM GiB | fits | compile s |",
            "|---|---|---|---|---|---|---|---|---|---|"]
-  for r in rows:
+  for r in latest.values():
     if "error" in r:
       lines.append(f"| {r['name']} | {r['model']} | {r['size']} | "
-                   f"{r['micro_batches']} | error: {r['error'][-120:]} |||||")
+                   f"{r['micro_batches']} | | | | | no: "
+                   f"{r['error'][-110:]} | |")
       continue
     lines.append(
         f"| {r['name']} | {r['model']} | {r['size']} | {r['micro_batches']} | "

@@ -75,7 +75,16 @@ def compile_train_step(config, devices) -> dict:
       (config.batch_size, config.seq_len), jnp.int32,
       sharding=batch_sharding(training.mesh, training.rules))}
   lowered = training.train_step.lower(state, batch)
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except Exception as err:  # XLA rejects programs larger than HBM
+    if "RESOURCE_EXHAUSTED" not in str(err):
+      raise
+    return {"variant": config.get("variant", ""), "fits": False,
+            "devices": len(devices), "device_kind": devices[0].device_kind,
+            "mesh": dict(training.mesh.shape),
+            "micro_batches": config.micro_batches,
+            "error": str(err).split("RESOURCE_EXHAUSTED:")[-1].strip()[:300]}
   seconds = time.perf_counter() - start
 
   mem = compiled.memory_analysis()
@@ -139,9 +148,16 @@ def main(argv):
   result = compile_train_step(_CONFIG.value, devices)
   result["topology"] = _TOPOLOGY.value
   result["slices"] = _SLICES.value
-  print(report(result))
+  if "error" in result:
+    print(f"{result['variant']} on {result['devices']} x "
+          f"{result['device_kind']} (micro_batches="
+          f"{result['micro_batches']}): DOES NOT FIT: {result['error']}")
+  else:
+    print(report(result))
   print(json.dumps(result))
   sys.stdout.flush()
+  if result["fits"] is False:
+    sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,15 @@ def test_aot_rejects_bad_topology():
                 "--topology=v5e-16")
   assert out.returncode != 0
   assert "--topology=v5e-16 was not accepted" in out.stderr
+
+
+@needs_libtpu
+def test_aot_reports_what_does_not_fit():
+  out = run_aot("--config=configs/lm.py:model=transformer,size=tiny",
+                "--topology=v5e:2x2", "--config.batch_size=2048",
+                "--config.seq_len=2048")
+  assert out.returncode == 1
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["fits"] is False
+  assert "exceeds available HBM (15.75G)" in result["error"]
+  assert "DOES NOT FIT" in out.stdout
