@@ -84,7 +84,19 @@ def main():
         f"{r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
         f"{r['total_gib']:.2f} | {r['hbm_gib']} | "
         f"{'yes' if r['fits'] else 'no'} | {r['compile_s']} |")
-  out.write_text("\n".join(lines) + "\n")
+  header = [
+      "# Train-step memory on TPU topologies (ahead-of-time compile)", "",
+      "Produced on a CPU host by `python bench/aot_table.py` (each row is one",
+      "`python -m iiet_jax.aot` run against libtpu's topology description).",
+      "Global batch 256 x 2048 tokens, FSDP over all chips (`mesh.data=1,",
+      "mesh.fsdp=-1`, rules `fsdp`), full remat, float32 parameters and Adam",
+      "moments, bfloat16 compute, IIET r = 3, PCformer order 2. Micro-batch",
+      "counts are tried in the order 4, 8, 16 and the first that fits is the",
+      "last row of its group. Memory is per device: arguments (parameters,",
+      "optimizer state, batch) + outputs - donated aliases + XLA temporaries.",
+      "v5e-16 = `v5e:4x4` (15.75 GiB usable HBM per chip); v4-32 = `v4:2x2x4`",
+      "in megacore mode (16 chips, 30.75 GiB each).", ""]
+  out.write_text("\n".join(header + lines) + "\n")
   print("\n".join(lines))
 
 
