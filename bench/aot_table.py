@@ -41,6 +41,7 @@ def main():
   parser.add_argument("--out", default="docs/aot_memory.md")
   parser.add_argument("--models", default="transformer,pcformer,iiet")
   parser.add_argument("--sizes", default="340m,740m,1.3b")
+  parser.add_argument("--chips", default=",".join(TOPOLOGIES))
   parser.add_argument("--micro", default="4,8,16")
   parser.add_argument("--keep", action="store_true",
                       help="keep earlier rows of OUT.jsonl; new rows replace "
@@ -51,7 +52,8 @@ def main():
   rows = ([json.loads(line) for line in jsonl.read_text().splitlines()]
           if args.keep and jsonl.exists() else [])
   stream = jsonl.open("a" if args.keep else "w")
-  for name, topology in TOPOLOGIES.items():
+  for name in args.chips.split(","):
+    topology = TOPOLOGIES[name]
     for size in args.sizes.split(","):
       for model in args.models.split(","):
         for micro in (int(m) for m in args.micro.split(",")):
