@@ -1,0 +1,204 @@
+"""SentencePiece BPE tokenizer: load a `.model`, or train one and cache it.
+
+Special ids follow Llama for bos/eos and put padding at 0:
+
+  0 <pad>   packed and padded batches are zero-filled, so a 0 is never a
+            real token and `tokens != pad_id` is the loss mask;
+  1 <s>     bos;
+  2 </s>    eos;
+  3 <unk>   never produced in practice: byte fallback spells any character
+            the vocabulary lacks as its UTF-8 bytes (ids 4..259).
+
+Training keeps text exactly as written (no normalisation, no dummy prefix,
+whitespace-only pieces allowed), so `decode(encode(s)) == s` for any `s`,
+source code included. Models loaded from elsewhere keep their own ids;
+read them from the properties rather than assuming the ones above.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Iterable, Iterator, Sequence
+
+from absl import logging
+from etils import epath
+import sentencepiece as spm
+
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+NUM_SPECIAL = 4
+NUM_BYTES = 256
+
+# SentencePiece drops training sentences longer than 4192 bytes; 1024
+# characters are at most 4096 UTF-8 bytes, so no text is lost to that limit.
+_MAX_SENTENCE_CHARS = 1024
+
+
+class TokenizerError(ValueError):
+  """A tokenizer that cannot be used as requested."""
+
+
+class Tokenizer:
+  """A loaded SentencePiece model. Picklable, for data-loading workers."""
+
+  def __init__(self, model_proto: bytes, path: str = "<memory>"):
+    self.path = path
+    self._model_proto = model_proto
+    self._sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  @property
+  def bos_id(self) -> int:
+    return self._sp.bos_id()
+
+  @property
+  def eos_id(self) -> int:
+    return self._sp.eos_id()
+
+  @property
+  def pad_id(self) -> int:
+    return self._sp.pad_id()
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without bos/eos (the pipeline adds those)."""
+    return self._sp.encode(text)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def __getstate__(self):
+    return {"path": self.path, "model_proto": self._model_proto}
+
+  def __setstate__(self, state):
+    self.__init__(state["model_proto"], state["path"])
+
+  def __repr__(self) -> str:
+    return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
+
+
+def load_tokenizer(path: epath.PathLike) -> Tokenizer:
+  """Loads a SentencePiece `.model` from a local or remote path."""
+  path = epath.Path(path)
+  if not path.exists():
+    raise FileNotFoundError(
+        f"No tokenizer model at {path}. Pass the path of an existing "
+        "SentencePiece .model, or build one with load_or_train().")
+  return Tokenizer(path.read_bytes(), os.fspath(path))
+
+
+def _training_sentences(texts: Iterable[str], max_chars: int,
+                        counts: dict[str, int]) -> Iterator[str]:
+  """Cuts documents into line-aligned pieces SentencePiece will accept.
+
+  Stops after `max_chars` characters: the tokenizer learns from a sample,
+  the first part of the corpus, which is enough for merge statistics.
+  """
+  for text in texts:
+    lines = text.splitlines(keepends=True)
+    piece = ""
+    for line in lines:
+      counts["chars"] += len(line)
+      while len(line) > _MAX_SENTENCE_CHARS:
+        head, line = line[:_MAX_SENTENCE_CHARS], line[_MAX_SENTENCE_CHARS:]
+        if piece:
+          yield piece
+        piece = head
+      if len(piece) + len(line) > _MAX_SENTENCE_CHARS:
+        yield piece
+        piece = ""
+      piece += line
+      if counts["chars"] >= max_chars:
+        break
+    if piece:
+      yield piece
+    counts["documents"] += 1
+    if counts["chars"] >= max_chars:
+      return
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int,
+                    out_path: epath.PathLike, *,
+                    max_chars: int = 50_000_000,
+                    character_coverage: float = 0.9995,
+                    num_threads: int | None = None) -> Tokenizer:
+  """Trains a byte-fallback BPE model on `texts` and writes it to `out_path`.
+
+  Reads at most `max_chars` characters of `texts`. Byte fallback needs 256
+  byte pieces plus the 4 special ones, so `vocab_size` must exceed 260.
+  """
+  minimum = NUM_SPECIAL + NUM_BYTES + 1
+  if vocab_size < minimum:
+    raise TokenizerError(
+        f"vocab_size={vocab_size} leaves no room for merges: byte fallback "
+        f"takes {NUM_SPECIAL + NUM_BYTES} ids. Use vocab_size >= {minimum}.")
+  out_path = epath.Path(out_path)
+  counts = {"chars": 0, "documents": 0}
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_training_sentences(texts, max_chars, counts),
+        model_writer=model,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        byte_fallback=True,
+        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        allow_whitespace_only_pieces=True,
+        split_digits=True,
+        character_coverage=character_coverage,
+        num_threads=num_threads or min(os.cpu_count() or 1, 16),
+        minloglevel=2)
+  except RuntimeError as e:
+    # Usually vocab_size does not suit the sample: too large for the merges
+    # it offers, or too small for its distinct characters. SentencePiece's
+    # message says which and gives the bound.
+    raise TokenizerError(
+        f"Training a {vocab_size}-piece tokenizer for {out_path} failed on "
+        f"{counts['documents']} documents ({counts['chars']} characters, "
+        f"sample capped at max_chars={max_chars}): {e}") from e
+  out_path.parent.mkdir(parents=True, exist_ok=True)
+  # Write then rename, so an interrupted run never leaves a truncated model
+  # that the next run would take for a cached one.
+  partial = out_path.parent / (out_path.name + ".partial")
+  partial.write_bytes(model.getvalue())
+  partial.rename(out_path)
+  logging.info("Trained a %d-piece BPE tokenizer on %d documents (%d chars): "
+               "%s", vocab_size, counts["documents"], counts["chars"],
+               out_path)
+  return Tokenizer(model.getvalue(), os.fspath(out_path))
+
+
+def load_or_train(path: epath.PathLike, vocab_size: int, texts: Iterable[str],
+                  **train_kwargs) -> Tokenizer:
+  """The tokenizer cached at `path`, trained on `texts` first if missing.
+
+  `texts` is only iterated when training, so a lazy generator over the corpus
+  costs nothing on later runs. A cached model of another size is an error,
+  never silently reused or overwritten.
+  """
+  path = epath.Path(path)
+  if path.exists():
+    tokenizer = load_tokenizer(path)
+    if tokenizer.vocab_size != vocab_size:
+      raise TokenizerError(
+          f"The cached tokenizer {path} has vocab_size={tokenizer.vocab_size} "
+          f"but vocab_size={vocab_size} was requested. Request "
+          f"{tokenizer.vocab_size}, or delete {path} to train a new one.")
+    logging.info("Reusing the cached tokenizer %s", path)
+    return tokenizer
+  return train_tokenizer(texts, vocab_size, path, **train_kwargs)
+
+
+def check_vocab(tokenizer_vocab_size: int, model_vocab_size: int) -> None:
+  """Fails before training when the model cannot embed every token id."""
+  if tokenizer_vocab_size != model_vocab_size:
+    raise TokenizerError(
+        f"The tokenizer has {tokenizer_vocab_size} pieces but the model's "
+        f"vocab_size is {model_vocab_size}. Set model vocab_size="
+        f"{tokenizer_vocab_size}, or use a tokenizer of {model_vocab_size} "
+        "pieces.")
