@@ -43,16 +43,19 @@ def main():
   parser.add_argument("--sizes", default="340m,740m,1.3b")
   parser.add_argument("--chips", default=",".join(TOPOLOGIES))
   parser.add_argument("--micro", default="4,8,16")
+  parser.add_argument("--render", action="store_true",
+                      help="only rebuild OUT from the rows in OUT.jsonl")
   parser.add_argument("--keep", action="store_true",
                       help="keep earlier rows of OUT.jsonl; new rows replace "
                       "those with the same chips, model, size, micro-batches")
   args = parser.parse_args()
   out = Path(args.out)
   jsonl = out.with_suffix(".jsonl")
+  keep = args.keep or args.render
   rows = ([json.loads(line) for line in jsonl.read_text().splitlines()]
-          if args.keep and jsonl.exists() else [])
-  stream = jsonl.open("a" if args.keep else "w")
-  for name in args.chips.split(","):
+          if keep and jsonl.exists() else [])
+  stream = jsonl.open("a" if keep else "w")
+  for name in [] if args.render else args.chips.split(","):
     topology = TOPOLOGIES[name]
     for size in args.sizes.split(","):
       for model in args.models.split(","):
@@ -79,7 +82,7 @@ def main():
     if "error" in r:
       lines.append(f"| {r['name']} | {r['model']} | {r['size']} | "
                    f"{r['micro_batches']} | | | | | no: "
-                   f"{r['error'][-110:]} | |")
+                   f"{r['error'][-200:]} | |")
       continue
     lines.append(
         f"| {r['name']} | {r['model']} | {r['size']} | {r['micro_batches']} | "
