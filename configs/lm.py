@@ -97,4 +97,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # optional per-name overrides, e.g. {"vocab": "tensor"}.
   config.sharding = ml_collections.ConfigDict(dict(preset="fsdp"))
   config.sharding.rules = ml_collections.ConfigDict()
+  config.data = data_config(tiny)
   return config
+
+
+def data_config(tiny: bool) -> ml_collections.ConfigDict:
+  """Input pipeline (iiet_jax/data/): corpus, tokenizer, packing, workers."""
+  return ml_collections.ConfigDict(dict(
+      # stdlib | files | tfds | tokens (iiet_jax/data/sources.py).
+      source="stdlib",
+      paths=(),                 # files: files/dirs/globs; tokens: train files
+      validation_paths=(),      # tokens: validation ArrayRecord files
+      text_field="text",        # jsonl field / parquet column / TFDS feature
+      tfds_name="",             # tfds: e.g. "c4/en:3.1.0"
+      train_split="train",
+      validation_split="validation",
+      data_dir="~/.cache/iiet_jax/tfds",  # prepared datasets live here
+      validation_fraction=0.01,  # files / stdlib: share of documents held out
+      max_files=ml_collections.config_dict.placeholder(int),
+      # A SentencePiece .model; empty trains one with model.vocab_size pieces
+      # on up to tokenizer_sample_chars of the train split, cached.
+      tokenizer="",
+      tokenizer_sample_chars=4_000_000 if tiny else 200_000_000,
+      packing="first_fit",      # first_fit (segment ids) | concat
+      packing_bins=0,           # first_fit rows filled at once; 0: per stream
+      streams=0,                # fixed global batch layout; 0: one / process
+      workers=0 if tiny else 4,  # multiprocess prefetch
+      eval_batches=8 if tiny else 64,  # cap on one validation pass
+  ))

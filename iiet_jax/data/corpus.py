@@ -4,7 +4,7 @@
                                 text_field="content")
   prepare(builder)                      # no-op once prepared
   train = open_split(builder, "train")  # train[i]: {"text": b"..", "id": b".."}
-  tokenizer = corpus_tokenizer(builder, vocab_size=32000)
+  tokenizer = corpus_tokenizer(builder, vocab_size=32000)  # cached beside it
 
 `python_stdlib_builder()` is the default corpus: the running interpreter's
 own standard library, so a first run needs no network. Records are written
@@ -36,7 +36,6 @@ from iiet_jax.data import documents as docs_lib
 from iiet_jax.data import tokenizer as tokenizer_lib
 
 DEFAULT_SUFFIXES = (".txt", ".jsonl", ".parquet")
-TOKENIZER_FILE = "spm_bpe.model"
 # Metadata lists at most this many file names; the count is always exact.
 _MAX_LISTED_FILES = 100
 
@@ -165,14 +164,19 @@ class TextCorpus(tfds.core.GeneratorBasedBuilder):
         f"{config.validation_fraction}. Add documents or change the fraction.")
 
 
-@functools.cache
 def stdlib_config(max_files: int | None = None,
                   validation_fraction: float = 0.01) -> TextCorpusConfig:
   """The standard library's `.py` files, named after the Python version.
 
-  `max_files` keeps the first files in path order, for quick tests.
-  Cached, so equal arguments give the very config object TFDS registered.
+  `max_files` keeps the first files in path order, for quick tests. Equal
+  arguments, however passed, give the very config object TFDS registered.
   """
+  return _stdlib_config(max_files, float(validation_fraction))
+
+
+@functools.cache
+def _stdlib_config(max_files: int | None,
+                   validation_fraction: float) -> TextCorpusConfig:
   name = f"py{platform.python_version()}"
   if max_files is not None or validation_fraction != 0.01:
     name += f"-first{max_files}-val{validation_fraction}"
@@ -229,23 +233,27 @@ def open_split(dataset: tfds.core.DatasetBuilder | str, split: str,
   return dataset.as_data_source(split=split)
 
 
-def split_texts(source) -> Iterator[str]:
+def split_texts(source, text_field: str = "text") -> Iterator[str]:
   """The documents of a data source as `str`, in stored (shuffled) order."""
   for i in range(len(source)):
-    yield source[i]["text"].decode("utf-8")
+    text = source[i][text_field]
+    yield text.decode("utf-8") if isinstance(text, bytes) else text
 
 
-def tokenizer_path(builder: tfds.core.DatasetBuilder) -> epath.Path:
-  return epath.Path(builder.data_dir) / TOKENIZER_FILE
+def tokenizer_path(builder: tfds.core.DatasetBuilder,
+                   vocab_size: int) -> epath.Path:
+  """Where the trained tokenizer of a prepared dataset is cached."""
+  return epath.Path(builder.data_dir) / f"spm_bpe_{vocab_size}.model"
 
 
 def corpus_tokenizer(builder: tfds.core.DatasetBuilder, vocab_size: int,
+                     text_field: str = "text",
                      **train_kwargs) -> tokenizer_lib.Tokenizer:
-  """The tokenizer stored beside a prepared corpus, trained on first use.
+  """The tokenizer stored beside a prepared dataset, trained on first use.
 
   Trains on the start of the train split, whose records TFDS has already
   shuffled, so the sample spans the whole corpus.
   """
-  texts = split_texts(open_split(builder, "train"))
-  return tokenizer_lib.load_or_train(tokenizer_path(builder), vocab_size,
-                                     texts, **train_kwargs)
+  texts = split_texts(open_split(builder, "train"), text_field)
+  return tokenizer_lib.load_or_train(tokenizer_path(builder, vocab_size),
+                                     vocab_size, texts, **train_kwargs)
