@@ -2,18 +2,17 @@
 
   python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny
 
-Builds the configured model and its sharded train step on all local devices
-and trains for `total_steps` steps on the Python standard library's own
-source (bytes as token ids, so nothing needs downloading), logging loss,
-tokens/s, TFLOP/s per device and MFU.
+Builds the configured model and its sharded train step on all local devices,
+opens the configured corpus (by default the Python standard library's own
+source, prepared and tokenised on first use, so nothing needs downloading),
+trains for `total_steps` steps logging loss, tokens/s, TFLOP/s per device and
+MFU, and ends with a validation pass.
 """
 
 from __future__ import annotations
 
 import sys
-import sysconfig
 import time
-from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -24,39 +23,33 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 
 
-def stdlib_bytes(num_bytes: int) -> np.ndarray:
-  """The first `num_bytes` of the standard library's .py files, sorted by path."""
-  root = Path(sysconfig.get_paths()["stdlib"])
-  chunks, total = [], 0
-  for path in sorted(root.glob("*.py")):
-    data = path.read_bytes()
-    chunks.append(data)
-    total += len(data)
-    if total >= num_bytes:
-      break
-  if total < num_bytes:
-    raise RuntimeError(f"Only {total} bytes of .py source under {root}; "
-                       f"need {num_bytes}.")
-  return np.frombuffer(b"".join(chunks)[:num_bytes], dtype=np.uint8)
-
-
-def stdlib_batches(batch: int, seq_len: int, vocab_size: int, steps: int):
-  """Consecutive [batch, seq_len] windows of stdlib bytes (ids mod vocab)."""
-  data = stdlib_bytes(batch * seq_len * steps).astype(np.int32) % vocab_size
-  for step in range(steps):
-    rows = data[step * batch * seq_len:(step + 1) * batch * seq_len]
-    yield {"tokens": rows.reshape(batch, seq_len)}
+def evaluate(training, params, batches, feed) -> dict[str, float]:
+  """Mean next-token loss over the validation batches."""
+  nll = count = 0.0
+  for batch in batches:
+    sums = training.eval_step(params, feed(batch))
+    nll += float(sums["nll"])
+    count += float(sums["count"])
+  loss = nll / max(count, 1.0)
+  return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
 
 
 def train_demo(config) -> dict[str, float]:
   """Trains for `config.total_steps` steps, logging loss and throughput."""
   import jax
+  from iiet_jax.data.loader import make_loaders
   from iiet_jax.parallel import mesh as mesh_lib
+  from iiet_jax.parallel import multihost
   from iiet_jax.train import flops
+  from iiet_jax.train import step as step_lib
   from iiet_jax.train.build import build_training
 
   start = time.perf_counter()
-  training = build_training(config)
+  loaders = make_loaders(config)
+  training = build_training(config, batch_keys=loaders.batch_keys)
+  shardings = step_lib.batch_shardings(loaders.batch_keys, training.mesh,
+                                       training.rules)
+  feed = lambda b: multihost.global_batch(b, shardings, config.batch_size)
   cfg = training.model.config
   state = training.init_state(config.seed)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -67,16 +60,16 @@ def train_demo(config) -> dict[str, float]:
   print(f"NFE        {nfe} block evaluations per token")
   print(f"mesh       {mesh_lib.describe(training.mesh)}, "
         f"rules={config.sharding.preset}")
-  print(f"data       {config.batch_size} x {config.seq_len} tokens of Python "
-        f"stdlib source per step (bytes as ids)")
+  print(f"data       {loaders.description}")
+  print(f"batches    {config.batch_size} x {config.seq_len} tokens, "
+        f"{config.data.packing} packing, tokenizer "
+        f"{loaders.tokenizer.path if loaders.tokenizer else 'none'}")
   kind = jax.devices()[0].device_kind
   losses, timed_tokens, timed_seconds = [], 0, 0.0
   log_every = max(1, config.total_steps // 10)
-  batches = stdlib_batches(config.batch_size, config.seq_len,
-                           cfg.vocab_size, config.total_steps)
-  for step, batch in enumerate(batches, start=1):
+  for step in range(1, config.total_steps + 1):
     t0 = time.perf_counter()
-    state, metrics = training.train_step(state, batch)
+    state, metrics = training.train_step(state, feed(next(loaders.train)))
     loss = float(metrics["loss"])  # waits for the step
     if step > 1:  # the first step includes compilation
       timed_seconds += time.perf_counter() - t0
@@ -93,11 +86,15 @@ def train_demo(config) -> dict[str, float]:
         line += (f"  {tp['tokens_per_s']:,.0f} tok/s  "
                  f"{tp['tflops_per_device']:.3f} TFLOP/s/device  MFU {mfu}")
       print(line, flush=True)
+  loaders.close()
+  val = evaluate(training, state.params, loaders.validation, feed)
   print(f"loss       {losses[0]:.4f} -> {losses[-1]:.4f} over {len(losses)} "
         f"steps (ln V = {np.log(cfg.vocab_size):.4f})")
+  print(f"validation loss {val['loss']:.4f}  perplexity {val['perplexity']:.1f}"
+        f"  over {val['tokens']:,.0f} tokens")
   print(f"time       {time.perf_counter() - start:.1f}s (compile included)")
   return {"first_loss": losses[0], "last_loss": losses[-1],
-          "parameters": num_params}
+          "validation_loss": val["loss"], "parameters": num_params}
 
 
 def main(argv) -> None:
@@ -110,11 +107,16 @@ def main(argv) -> None:
   from iiet_jax.parallel import multihost
   from iiet_jax.parallel.mesh import MeshError
   from iiet_jax.parallel.sharding import ShardingError
+  from iiet_jax.data.documents import CorpusError
+  from iiet_jax.data.pipeline import PipelineError
+  from iiet_jax.data.tokenizer import TokenizerError
   multihost.initialize()
   try:
     train_demo(_CONFIG.value)
   except (ConfigError, MeshError, ShardingError) as err:
     sys.exit(f"Config error: {err}")
+  except (CorpusError, PipelineError, TokenizerError, FileNotFoundError) as err:
+    sys.exit(f"Data error: {err}")
 
 
 def run() -> None:

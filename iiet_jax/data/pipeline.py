@@ -99,6 +99,9 @@ class Tokenize(grain.transforms.Map):
     self.tokenizer = tokenizer
     self.text_field = text_field
 
+  def __call__(self, record) -> np.ndarray:
+    return self.map(record)
+
   def map(self, record) -> np.ndarray:
     text = record[self.text_field]
     if isinstance(text, bytes):

@@ -45,6 +45,9 @@ class Inputs:
 class TokenRecordIds(grain.transforms.Map):
   """An ArrayRecord record of int32 bytes -> its ids."""
 
+  def __call__(self, record: bytes) -> np.ndarray:
+    return self.map(record)
+
   def map(self, record: bytes) -> np.ndarray:
     return np.frombuffer(record, dtype="<i4").astype(np.int32)
 
