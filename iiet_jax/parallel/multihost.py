@@ -1,9 +1,10 @@
 """Multi-host set-up and per-process input feeding.
 
 `initialize` starts `jax.distributed` when the launch environment asks for it:
-on TPU pods and SLURM clusters JAX discovers the coordinator itself
-(`distributed="auto"` with more than one host), elsewhere the config or the
-variables IIET_COORDINATOR, IIET_NUM_PROCESSES and IIET_PROCESS_ID name it.
+on TPU pods and SLURM clusters JAX discovers the coordinator itself (the
+launchers set IIET_DISTRIBUTED=auto to ask for that explicitly), elsewhere
+the variables IIET_COORDINATOR, IIET_NUM_PROCESSES and IIET_PROCESS_ID name
+it.
 Each process then feeds only its own rows of the global batch.
 """
 
@@ -26,9 +27,9 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
   if process_id is None and "IIET_PROCESS_ID" in os.environ:
     process_id = int(os.environ["IIET_PROCESS_ID"])
   explicit = coordinator is not None
-  cluster = any(k in os.environ for k in ("TPU_WORKER_HOSTNAMES",
-                                          "SLURM_JOB_ID",
-                                          "MEGASCALE_COORDINATOR_ADDRESS"))
+  cluster = os.environ.get("IIET_DISTRIBUTED") == "auto" or any(
+      k in os.environ for k in ("TPU_WORKER_HOSTNAMES", "SLURM_JOB_ID",
+                                "MEGASCALE_COORDINATOR_ADDRESS"))
   if not explicit and not cluster:
     return False
   if explicit and (num_processes is None or process_id is None):
