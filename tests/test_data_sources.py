@@ -210,3 +210,14 @@ def test_lone_surrogate_escape_counts_as_invalid_text(tmp_path):
   [doc] = docs_lib.read_documents(files, str(tmp_path), "text", stats)
   assert doc.text == "ok \ufffd\ufffd\ufffd end"
   assert stats.non_utf8_files == ["a.jsonl"]
+
+
+def test_stdlib_config_unpickles_to_the_registered_object():
+  # Data-loading workers unpickle the source; TFDS accepts a registered
+  # config only as the very object it registered.
+  import pickle
+  config = corpus.stdlib_config()
+  assert pickle.loads(pickle.dumps(config)) is config
+  custom = corpus.text_corpus_config("/tmp/some/corpus")
+  clone = pickle.loads(pickle.dumps(custom))
+  assert clone is not custom and clone.paths == custom.paths

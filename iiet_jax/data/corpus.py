@@ -50,6 +50,13 @@ class TextCorpusConfig(tfds.core.BuilderConfig):
   exclude_dirs: tuple[str, ...] = ()
   max_files: int | None = None
 
+  def __reduce_ex__(self, protocol):
+    # TFDS accepts a registered config only as the very registered object;
+    # unpickled in a data-loading worker, the stdlib default must resolve to
+    # that worker's registered object again, not to a copy.
+    rebuild = getattr(self, "_rebuild", None)
+    return rebuild if rebuild else super().__reduce_ex__(protocol)
+
   def __post_init__(self):
     if not 0.0 < self.validation_fraction < 1.0:
       raise docs_lib.CorpusError(
@@ -180,7 +187,7 @@ def _stdlib_config(max_files: int | None,
   name = f"py{platform.python_version()}"
   if max_files is not None or validation_fraction != 0.01:
     name += f"-first{max_files}-val{validation_fraction}"
-  return TextCorpusConfig(
+  config = TextCorpusConfig(
       name=name,
       description=(f"Standard library source of Python "
                    f"{platform.python_version()}, one document per file."),
@@ -191,6 +198,8 @@ def _stdlib_config(max_files: int | None,
       exclude_dirs=("site-packages", "dist-packages", "__pycache__"),
       validation_fraction=validation_fraction,
       max_files=max_files)
+  config._rebuild = (stdlib_config, (max_files, validation_fraction))
+  return config
 
 
 class PythonStdlib(TextCorpus):

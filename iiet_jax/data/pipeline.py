@@ -204,6 +204,11 @@ class TrainIterator:
   def __init__(self, dataset: grain.IterDataset):
     self._it = iter(dataset)
 
+  @property
+  def grain_iterator(self) -> grain.DatasetIterator:
+    """The Grain iterator itself, for Orbax's Grain checkpoint handler."""
+    return self._it
+
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     return self
 
