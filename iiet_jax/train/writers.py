@@ -1,0 +1,113 @@
+"""Where training metrics go: metrics.jsonl, TensorBoard, and the screen.
+
+`metrics.jsonl` gets one JSON object per write, flushed at once, so nothing
+written is lost on a crash; a resumed run appends to it. On a terminal the
+progress is one redrawn line (bar, ETA, loss, tokens/s); in logs it is a
+plain line every `log_every` steps. Non-primary hosts pass `enabled=False`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Mapping
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class MetricWriters:
+  """metrics.jsonl + TensorBoard event files in `workdir`, and the screen."""
+
+  def __init__(self, workdir: str, total_steps: int, *, enabled: bool = True,
+               stream=None, log_every: int = 10):
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self.log_every = max(1, log_every)
+    self._stream = stream or sys.stdout
+    self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
+    self._open_line = False
+    self._first: tuple[int, float] | None = None
+    self._closed = False
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
+                       encoding="utf-8")
+    from tensorboardX import SummaryWriter  # Only the primary host needs it.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def _record(self, record: dict) -> None:
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+
+  def write(self, step: int, metrics: Mapping[str, float], *,
+            prefix: str = "train") -> None:
+    if not self.enabled:
+      return
+    values = {k: float(v) for k, v in metrics.items()}
+    self._record({"step": int(step), "split": prefix, **values})
+    for name, value in values.items():
+      self._tb.add_scalar(f"{prefix}/{name}", value, int(step))
+    self._tb.flush()
+
+  def progress(self, step: int, metrics: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    now = time.perf_counter()
+    if self._first is None:
+      self._first = (step, now)
+    start_step, start_time = self._first
+    eta = None
+    if step > start_step:
+      per_step = (now - start_time) / (step - start_step)
+      eta = per_step * (self.total_steps - step)
+    fields = []
+    if "loss" in metrics:
+      fields.append(f"loss {float(metrics['loss']):.4f}")
+    if "tokens_per_s" in metrics:
+      fields.append(f"{float(metrics['tokens_per_s']):,.0f} tok/s")
+    if eta is not None:
+      fields.append(f"ETA {_clock(eta)}")
+    last = step >= self.total_steps
+    if self._tty:
+      done = step / max(self.total_steps, 1)
+      bar = "#" * int(24 * done) + "-" * (24 - int(24 * done))
+      self._stream.write(f"\r[{bar}] {step}/{self.total_steps} "
+                         f"{100 * done:3.0f}%  " + "  ".join(fields))
+      self._open_line = True
+      if last:
+        self._end_line()
+    elif step == start_step or step % self.log_every == 0 or last:
+      width = len(str(self.total_steps))
+      self._stream.write(f"step {step:{width}d}/{self.total_steps}  "
+                         + "  ".join(fields) + "\n")
+    self._stream.flush()
+
+  def event(self, step: int, text: str) -> None:
+    if not self.enabled:
+      return
+    self._end_line()
+    self._stream.write(f"[step {step}] {text}\n")
+    self._stream.flush()
+    self._record({"step": int(step), "event": text})
+    self._tb.add_text("events", text, int(step))
+    self._tb.flush()
+
+  def _end_line(self) -> None:
+    if self._open_line:
+      self._stream.write("\n")
+      self._open_line = False
+
+  def close(self) -> None:
+    if not self.enabled or self._closed:
+      return
+    self._closed = True
+    self._end_line()
+    self._stream.flush()
+    self._jsonl.close()
+    self._tb.close()
