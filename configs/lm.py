@@ -62,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.variant = f"model={variant['model']},size={variant['size']}"
   config.seed = 0
-  config.batch_size = 4 if tiny else 256
+  config.batch_size = 8 if tiny else 256
   config.seq_len = 128 if tiny else 2048
 
   model = ml_collections.ConfigDict(dict(
@@ -84,7 +84,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.update(SIZES[variant["size"]])
   config.model = model
 
-  config.total_steps = 20 if tiny else 30000
+  config.total_steps = 300 if tiny else 30000
+  # Two-stage recipe (SPEC.md 5): Transformer++ for this share of the steps,
+  # then the configured IIET / PCformer. 0 trains it from the start.
+  config.switch_at = 0.0 if variant["model"] == "transformer" else 0.75
+  config.log_every = 10 if tiny else 50       # metrics to screen and files
+  config.eval_every = 100 if tiny else 1000   # validation passes
+  config.checkpoint = ml_collections.ConfigDict(dict(
+      every=100 if tiny else 1000,  # also at the end, the switch and SIGTERM
+      keep=3,                       # the newest K steps
+      keep_best=1,                  # plus the best by validation loss
+      async_save=True))
+  # Warm start: parameters only, from another run's workdir (its latest
+  # checkpoint). Parameter paths present on one side only are errors unless
+  # they match one of these regexes.
+  config.init_from = ""
+  config.init_allow_new = ()
+  config.init_allow_dropped = ()
   config.micro_batches = 1          # gradient accumulation inside the step
   config.z_loss = 0.0
   config.optimizer = ml_collections.ConfigDict(dict(

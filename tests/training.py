@@ -44,3 +44,56 @@ def batches(cfg, steps: int, seed: int = 0, masked: bool = False):
                    ).astype(np.int32)
     out.append(b)
   return out
+
+
+def write_counting_corpus(root: Path, vocab_size: int, docs: int = 64,
+                          seed: int = 0) -> tuple[str, str]:
+  """Token-record train / validation files of counting sequences.
+
+  Document tokens are start, start+1, ... (mod the vocabulary, above the
+  special ids), easy enough that a tiny model's loss falls within steps.
+  """
+  from iiet_jax.data.sources import write_token_records
+  rng = np.random.default_rng(seed)
+  span = vocab_size - 3
+  def doc():
+    n = int(rng.integers(8, 60))
+    return 3 + (int(rng.integers(0, span)) + np.arange(n)) % span
+  train, val = root / "train.array_record", root / "val.array_record"
+  if train.exists() and val.exists():  # Same seed, same files: keep them.
+    return str(train), str(val)
+  write_token_records(train, [doc() for _ in range(docs)])
+  write_token_records(val, [doc() for _ in range(docs // 4)])
+  return str(train), str(val)
+
+
+def run_config(root: Path, arch: str = "iiet", total_steps: int = 8,
+               switch_at: float = 0.0, **model):
+  """A whole-run config on the counting corpus: tiny model, fast steps."""
+  cfg = tiny_training_config(arch, preset="dp", **model)
+  cfg.mesh.data = -1
+  cfg.batch_size, cfg.seq_len = 8, 32
+  cfg.total_steps, cfg.switch_at = total_steps, switch_at
+  cfg.optimizer.peak_lr = 3e-3
+  cfg.log_every, cfg.eval_every = 1, 4
+  cfg.checkpoint.every, cfg.checkpoint.keep = 2, 10
+  cfg.checkpoint.async_save = True
+  train, val = write_counting_corpus(root, cfg.model.vocab_size)
+  cfg.data.source = "tokens"
+  cfg.data.paths, cfg.data.validation_paths = (train,), (val,)
+  cfg.data.eval_batches = 2
+  return cfg
+
+
+def read_metrics(workdir: Path) -> tuple[dict[int, list[float]], list[dict]]:
+  """({step: [train losses written, in order]}, [event records])."""
+  import json
+  losses: dict[int, list[float]] = {}
+  events = []
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "event" in record:
+      events.append(record)
+    elif record.get("split") == "train":
+      losses.setdefault(record["step"], []).append(record["loss"])
+  return losses, events

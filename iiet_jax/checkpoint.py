@@ -1,0 +1,189 @@
+"""All checkpoint I/O: an Orbax CheckpointManager over `<workdir>/checkpoints`.
+
+Each step directory holds four items, saved together:
+
+  state/   the TrainState (params, optimizer state, step, tokens), written
+           asynchronously; restorable onto any mesh (Orbax reshards)
+  data/    the Grain iterator state, one JSON file per process
+  config/  the resolved run config, for the record
+  model/   the model description (every ModelConfig field, the run phase),
+           enough to rebuild the model without the config file
+
+Orbax writes a step into a temporary directory and renames it when complete,
+so a crash mid-save never leaves a step that looks whole. A step that is
+whole but unreadable (a lost or damaged file) is moved aside to
+`<step>.unreadable` on restore, with a warning naming it, and the newest
+readable step is used instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from absl import logging
+from etils import epath
+import grain
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+# Fields that change the parameter tree; the others (dtypes of compute,
+# remat, attention kernel, ...) may differ between a save and a restore.
+STRUCTURAL_FIELDS = ("arch", "vocab_size", "num_layers", "d_model",
+                     "num_heads", "d_ff", "tie_embeddings", "iterations",
+                     "pc_order", "scan_layers", "param_dtype")
+VALIDATION_METRIC = "validation_loss"
+
+
+class CheckpointError(RuntimeError):
+  """A workdir whose checkpoints cannot serve the requested run."""
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  model: dict[str, Any]       # the saved model description
+  skipped: list[int]          # newer steps that could not be read
+
+
+def describe(model_config, phase: str) -> dict[str, Any]:
+  """The model description saved with every checkpoint."""
+  desc = dict(model_config.to_dict())
+  desc["iterations"] = list(desc["iterations"])
+  desc["remat_save_names"] = list(desc["remat_save_names"])
+  desc["phase"] = phase
+  return desc
+
+
+def check_compatible(saved: Mapping[str, Any], wanted: Mapping[str, Any],
+                     where: str) -> None:
+  """Refuses to resume a run whose parameter tree would not match."""
+  diffs = [f"{k}: saved {saved.get(k)!r}, config {wanted.get(k)!r}"
+           for k in STRUCTURAL_FIELDS
+           if _plain(saved.get(k)) != _plain(wanted.get(k))]
+  if diffs:
+    raise CheckpointError(
+        f"{where} holds a checkpoint of a different model "
+        f"({'; '.join(diffs)}). Use a new --workdir for this config, or "
+        f"change the config back to resume that run.")
+
+
+def _plain(value):
+  return list(value) if isinstance(value, (list, tuple)) else value
+
+
+class Checkpoints:
+  """Save / restore of whole training steps in one directory."""
+
+  def __init__(self, directory: epath.PathLike, *, keep: int = 3,
+               keep_best: int = 0, async_save: bool = True):
+    self.directory = epath.Path(directory)
+    if keep < 1:
+      raise CheckpointError(f"checkpoint.keep={keep} must be >= 1, so the "
+                            f"run can always resume.")
+    preserve = [policies.LatestN(n=keep)]
+    if keep_best:
+      preserve.append(policies.BestN(
+          get_metric_fn=lambda m: m[VALIDATION_METRIC], reverse=True,
+          n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(preserve),
+        enable_async_checkpointing=async_save, create=True,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "model": ocp.JsonCheckpointHandler()})
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state, data_iterator, config: Mapping[str, Any],
+           model: Mapping[str, Any],
+           metrics: Mapping[str, float] | None = None) -> None:
+    """Starts saving `step`; the state is written in the background."""
+    self._manager.save(
+        step, force=True, metrics=dict(metrics) if metrics else None,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+            config=ocp.args.JsonSave(dict(config)),
+            model=ocp.args.JsonSave(dict(model))))
+
+  def model_description(self, step: int) -> dict[str, Any]:
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))
+    return restored["model"]
+
+  def restore(self, abstract_state, data_iterator,
+              check: Callable[[int, dict[str, Any]], Any] | None = None
+              ) -> Restored | None:
+    """The newest readable step onto `abstract_state`'s shardings.
+
+    `abstract_state` holds `jax.ShapeDtypeStruct`s with shardings (any
+    mesh). `check(step, description)` may refuse a step by raising
+    CheckpointError, which is passed on, or return the abstract state to
+    restore that step into (for runs whose model changes with the step).
+    Returns None when there is no checkpoint at all.
+    """
+    skipped = []
+    for step in reversed(self.steps()):
+      try:
+        model = self.model_description(step)
+      except Exception as err:  # pylint: disable=broad-except
+        skipped.append(self._skip(step, err))
+        continue
+      target = abstract_state
+      if check is not None:
+        target = check(step, model) or abstract_state
+      self._check_data_files(step)
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as err:  # pylint: disable=broad-except
+        skipped.append(self._skip(step, err))
+        continue
+      return Restored(step, restored["state"], model, skipped)
+    if skipped:
+      raise CheckpointError(
+          f"No checkpoint in {self.directory} can be read (tried steps "
+          f"{skipped}). Move the directory away to start afresh.")
+    return None
+
+  def _skip(self, step: int, err: Exception) -> int:
+    """Moves an unreadable step aside (kept for inspection, never reused)."""
+    aside = self.directory / f"{step}.unreadable"
+    logging.warning("Checkpoint step %d in %s cannot be read (%s: %s); "
+                    "moved to %s, falling back to the previous one.", step,
+                    self.directory, type(err).__name__, str(err)[:300], aside)
+    if jax.process_index() == 0:
+      if aside.exists():
+        aside.rmtree()
+      (self.directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"iiet_skip_checkpoint_{step}")
+    self._manager.reload()
+    return step
+
+  def _check_data_files(self, step: int) -> None:
+    n, i = jax.process_count(), jax.process_index()
+    data = self.directory / str(step) / "data"
+    if data.exists() and not (data / f"process_{i}-of-{n}.json").exists():
+      saved = sorted(p.name for p in data.glob("process_*.json"))
+      raise CheckpointError(
+          f"Checkpoint step {step} in {self.directory} holds data-iterator "
+          f"states {saved}, written by another number of processes than the "
+          f"{n} running now. Resume with the same number of processes.")
+
+  def wait(self) -> None:
+    """Blocks until every save in flight is complete on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,79 @@
+"""Config files and `--config.KEY=VALUE` overrides on the command line.
+
+absl parses the overrides; this module checks them first, so an unknown key
+is reported with the closest valid ones instead of a bare KeyError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+
+class OverrideError(ValueError):
+  """A command line naming config keys that do not exist."""
+
+
+def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, object]:
+  """`path.py[:arg]` -> (get_config(arg), the module)."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise OverrideError(f"--config={spec}: no config file at {path}.")
+  module_spec = importlib.util.spec_from_file_location(
+      "iiet_config_" + os.path.basename(path).removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  return config, module
+
+
+def flat_keys(config, prefix: str = "") -> list[str]:
+  keys = []
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    keys.append(name)
+    if isinstance(value, (ml_collections.ConfigDict, dict)):
+      keys.extend(flat_keys(value, name + "."))
+  return keys
+
+
+def override_keys(argv: Sequence[str]) -> list[str]:
+  """The KEYs of every `--config.KEY=VALUE` / `--config.KEY VALUE`."""
+  keys = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      keys.append(arg[len("--config."):].split("=", 1)[0])
+  return keys
+
+
+def config_spec(argv: Sequence[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def check_keys(config, keys: Sequence[str]) -> None:
+  """Fails on the first key `config` lacks, naming the closest ones."""
+  valid = flat_keys(config)
+  for key in keys:
+    if key in valid:
+      continue
+    close = difflib.get_close_matches(key, valid, n=5, cutoff=0.5)
+    if not close:  # e.g. a typo in the last part only: match within its block
+      parent = key.rpartition(".")[0]
+      close = [k for k in valid if parent and k.startswith(parent + ".")][:8]
+    hint = f" Closest valid keys: {', '.join(close)}." if close else ""
+    raise OverrideError(f"--config.{key}: no such config key.{hint}")
+
+
+def override_args(overrides: dict) -> list[str]:
+  """{"model.iterations": (1, 2)} -> ["--config.model.iterations=(1, 2)"]."""
+  return [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
+          for k, v in overrides.items()]

@@ -1,0 +1,68 @@
+"""Pre-training, and the two-stage Transformer++ -> IIET recipe (SPEC.md 5).
+
+With `switch_at = f` in (0, 1) a run of `total_steps` trains Transformer++
+for the first round(f * total_steps) steps, then the configured IIET or
+PCformer for the rest. At the switch the embedding, blocks, final norm and
+head carry over bit for bit with their Adam moments; the history parameters
+(W, Wc, LNp, LNc; PCformer's alpha and LNrk) start at their init with fresh
+moments; the step count, and with it the learning-rate schedule, continues.
+`switch_at = 0` trains the configured architecture from the start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from iiet_jax.stages import merge as merge_lib
+
+
+class PlanError(ValueError):
+  """A run length / switch point that cannot be scheduled."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  name: str      # the architecture trained in this phase
+  start: int     # first step (state.step before it)
+  end: int       # state.step after its last step
+  config: Any    # the run config, with this phase's model
+
+
+def phases(config) -> list[Phase]:
+  """The phases of a run; see the module doc."""
+  total, switch_at = config.total_steps, float(config.switch_at)
+  arch = config.model.arch
+  if total < 1:
+    raise PlanError(f"total_steps={total} must be >= 1.")
+  if not 0.0 <= switch_at < 1.0:
+    raise PlanError(f"switch_at={switch_at} must lie in [0, 1): the share of "
+                    f"steps trained as Transformer++ before the switch.")
+  if switch_at == 0.0:
+    return [Phase(arch, 0, total, config)]
+  if arch == "transformer":
+    raise PlanError(
+        f"switch_at={switch_at} switches Transformer++ to IIET or PCformer, "
+        f"but model.arch='transformer'; set switch_at=0 or choose "
+        f"model=iiet / model=pcformer.")
+  switch = round(switch_at * total)
+  if not 0 < switch < total:
+    raise PlanError(f"switch_at={switch_at} of total_steps={total} gives the "
+                    f"switch step {switch}, leaving one phase empty.")
+  first = config.copy_and_resolve_references()
+  first.model.arch = "transformer"
+  return [Phase("transformer", 0, switch, first),
+          Phase(arch, switch, total, config)]
+
+
+def switch(state, fresh):
+  """The state after the switch: `fresh` (the new model's initial state)
+  with every parameter and moment `state` has, and `state`'s counters."""
+  params, report = merge_lib.merge(state.params, fresh.params,
+                                   allow_new=merge_lib.HISTORY_PARAMS)
+  opt_state, _ = merge_lib.merge(state.opt_state, fresh.opt_state,
+                                 allow_new=merge_lib.HISTORY_PARAMS,
+                                 what="opt_state")
+  new = fresh.replace(step=state.step, params=params, opt_state=opt_state,
+                      tokens_hi=state.tokens_hi, tokens_lo=state.tokens_lo)
+  return new, report
