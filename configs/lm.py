@@ -143,3 +143,18 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
       workers=0 if tiny else 4,  # multiprocess prefetch
       eval_batches=8 if tiny else 64,  # cap on one validation pass
   ))
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """`iiet sweep`: the paper's ablations, one run per dict of overrides.
+
+  IIET: implicit iterations r = 1, 2, 3; PCformer: RK order 2 and 4;
+  Transformer++: peak learning rate.
+  """
+  model = parse_arg(arg or DEFAULT_ARG)["model"]
+  if model == "iiet":
+    return [{"model.iterations": r} for r in (1, 2, 3)]
+  if model == "pcformer":
+    return [{"model.pc_order": k} for k in (2, 4)]
+  peak = get_config(arg).optimizer.peak_lr
+  return [{"optimizer.peak_lr": peak * f} for f in (0.5, 1.0, 2.0)]

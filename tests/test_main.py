@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from training import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +146,18 @@ def test_sweep_dry_run_lists_one_command_per_run(tmp_path):
   bad = _run(["sweep", _config(tmp_path), f"--workdir={tmp_path}/s",
               "--sweep_dry_run", "--config.totl_steps=3"])
   assert bad.returncode != 0 and "Closest valid keys: total_steps" in bad.stderr
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_run_and_tabulates(tmp_path):
+  out = _run(["sweep", _config(tmp_path), f"--workdir={tmp_path}/sweep",
+              "--config.total_steps=2"], timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  table = out.stdout[out.stdout.rindex("\nrun ") + 1:].splitlines()
+  assert len(table) == 3
+  for row, name in zip(table[1:], ["model.iterations=1",
+                                   "model.iterations=2,seed=3"]):
+    assert row.startswith(name) and row.split()[1:3] == ["0", "2"]
+    summary = json.loads((tmp_path / "sweep" / name / "summary.json")
+                         .read_text())
+    assert f"{summary['validation_loss']:.4f}" in row
