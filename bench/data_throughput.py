@@ -115,7 +115,7 @@ def main():
               f"{workers}: {rate:12,.0f} tokens/s", flush=True)
 
   models = {}
-  shapes = {"tiny": (config.batch_size, config.seq_len, 10), "55m": (2, 2048, 3)}
+  shapes = {"tiny": (config.batch_size, config.seq_len, 10), "55m": (4, 256, 3)}
   for size in args.models.split(","):
     b, t, steps = shapes[size]
     models[size] = round(model_rate(size, b, t, steps))

@@ -1,17 +1,20 @@
 """Language-model pre-training configs: architecture x size.
 
-Run (tiny IIET on CPU: 20 train steps on the tokenised Python stdlib, ~30 s;
-the first run also prepares the corpus and trains its tokenizer, ~10 s):
+Run (the README's main job; tiny two-stage IIET on CPU, about 2.5 minutes:
+Transformer++ for steps 1-450, then IIET for 451-600, on the tokenised Python
+standard library; the first run also prepares the corpus and trains its
+tokenizer, about 10 s):
 
-  python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny
+  python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny --workdir=runs/tiny
 
 Variants: `model` in transformer, pcformer, iiet; `size` in tiny, 55m, 340m,
 740m, 1.3b (SPEC.md section 7). Any field can be overridden on the command
-line, e.g. `--config.model.iterations=2 --config.model.scan_layers=False`.
-Expected output for the tiny IIET: 1,068,210 parameters, 16 block evaluations
-per token, a first loss close to ln(vocab_size) = ln(2048) = 7.62 falling to
-about 6.5 by step 20 (it dips near 5.3 midway, batches are only 4 x 128), a
-log line with tokens/s every 2 steps and a validation loss near 6.5.
+line, e.g. `--config.model.iterations=2 --config.switch_at=0`. Expected log
+for the tiny IIET: 1,068,210 parameters (1,066,112 while Transformer++), 16
+block evaluations per token, the loss from about 7.6 (ln 2048) at step 1 to
+near 5 at the switch, a jump of about one nat when the history parameters
+appear, then falling again; validation loss near 5 at the end. `get_sweep`
+below gives `iiet sweep` its runs.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.update(SIZES[variant["size"]])
   config.model = model
 
-  config.total_steps = 300 if tiny else 30000
+  config.total_steps = 600 if tiny else 30000
   # Two-stage recipe (SPEC.md 5): Transformer++ for this share of the steps,
   # then the configured IIET / PCformer. 0 trains it from the start.
   config.switch_at = 0.0 if variant["model"] == "transformer" else 0.75
@@ -104,7 +107,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.micro_batches = 1          # gradient accumulation inside the step
   config.z_loss = 0.0
   config.optimizer = ml_collections.ConfigDict(dict(
-      peak_lr=3e-3 if tiny else 3e-4, warmup_steps=5 if tiny else 100,
+      peak_lr=1e-3 if tiny else 3e-4, warmup_steps=20 if tiny else 100,
       end_lr_ratio=0.1,
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       moments_dtype="float32"))

@@ -27,8 +27,10 @@ def _run(args, timeout=300):
 
 
 def test_main_job_two_stage_on_the_stdlib_corpus(tmp_path):
+  # A relative workdir, as in the README's command.
+  relative = os.path.relpath(tmp_path / "run", ROOT)
   out = _run(["--config=configs/lm.py:model=iiet,size=tiny",
-              f"--workdir={tmp_path / 'run'}",
+              f"--workdir={relative}",
               "--config.model.iterations=1", "--config.total_steps=8",
               "--config.optimizer.warmup_steps=2", "--config.log_every=2",
               "--config.eval_every=4", "--config.checkpoint.every=4",

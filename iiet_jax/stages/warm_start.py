@@ -10,6 +10,8 @@ and step stay fresh.
 
 from __future__ import annotations
 
+import os
+
 from etils import epath
 import jax
 import orbax.checkpoint as ocp
@@ -22,7 +24,7 @@ from iiet_jax.train import state as state_lib
 
 def checkpoint_dir(source: str) -> epath.Path:
   """A run's workdir or its `checkpoints` directory."""
-  path = epath.Path(source)
+  path = epath.Path(source if "://" in source else os.path.abspath(source))
   if (path / "checkpoints").is_dir():
     path = path / "checkpoints"
   if not path.is_dir():

@@ -14,6 +14,7 @@ returns normally so the process exits 0.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from typing import Any
@@ -76,6 +77,8 @@ def evaluate(training: Training, params, batches, feed) -> dict[str, float]:
 def train(config, workdir: epath.PathLike) -> dict[str, Any]:
   """Runs (or resumes) the configured run in `workdir`; returns a summary."""
   workdir = epath.Path(workdir)
+  if "://" not in str(workdir):  # Orbax needs absolute local paths.
+    workdir = epath.Path(os.path.abspath(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
   plan = pretrain.phases(config)
   loaders = make_loaders(config)
@@ -126,7 +129,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
       writers.event(0, f"warm start: parameters from {config.init_from}")
 
   if jax.process_index() == 0:
-    print(_header(config, plan, training_for, loaders, state), flush=True)
+    print(_header(config, plan, training_for, loaders), flush=True)
   preemption = Preemption()
   step = int(state.step)
   val, metrics = None, {}
@@ -167,6 +170,8 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
         if step % config.eval_every == 0 or step == config.total_steps:
           val = evaluate(training, state.params, loaders.validation, feed)
           writers.write(step, val, prefix="validation")
+          writers.event(step, f"validation loss {val['loss']:.4f}, "
+                        f"perplexity {val['perplexity']:.1f}")
           evaluated = {ckpt_lib.VALIDATION_METRIC: val["loss"]}
         stop = preemption.agreed(False)
         if (step % config.checkpoint.every == 0 or step == phase.end or stop):
@@ -184,19 +189,25 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
     preemption.restore()
 
 
-def _header(config, plan, training_for, loaders, state) -> str:
+def _header(config, plan, training_for, loaders) -> str:
   from iiet_jax.parallel import mesh as mesh_lib
   last = training_for(plan[-1])
   cfg = last.model.config
-  params = sum(x.size for x in jax.tree.leaves(state.params))
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  params = f"{count(last.abstract_state.params):,} ({cfg.arch})"
+  if len(plan) > 1:
+    first = training_for(plan[0])
+    params += (f"; {count(first.abstract_state.params):,} while "
+               f"{plan[0].name}")
   phases = ", then ".join(f"{p.name} for steps {p.start + 1}-{p.end}"
                           for p in plan)
   return "\n".join([
       f"model      {config.get('variant', cfg.arch)} ({cfg.arch}, "
       f"{cfg.num_layers} layers, d={cfg.d_model}, iterations="
       f"{cfg.iterations if cfg.arch == 'iiet' else '-'})",
-      f"parameters {params:,} now; NFE {sum(cfg.block_evaluations_per_layer())}"
-      f" block evaluations per token ({cfg.arch})",
+      f"parameters {params}",
+      f"NFE        {sum(cfg.block_evaluations_per_layer())} block "
+      f"evaluations per token ({cfg.arch})",
       f"phases     {phases}",
       f"mesh       {mesh_lib.describe(last.mesh)}, "
       f"rules={config.sharding.preset}",
