@@ -28,7 +28,7 @@ class MetricWriters:
     self.enabled = enabled
     self.total_steps = total_steps
     self.log_every = max(1, log_every)
-    self._stream = stream or sys.stdout
+    self._stream = sys.stdout if stream is None else stream
     self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
     self._open_line = False
     self._first: tuple[int, float] | None = None
