@@ -181,6 +181,13 @@ class Checkpoints:
           f"states {saved}, written by another number of processes than the "
           f"{n} running now. Resume with the same number of processes.")
 
+  def reached_preemption(self, step: int) -> bool:
+    """Whether the cluster announced a preemption (multi-host TPU / GPU
+    runs with JAX's preemption service); the SIGTERM handler covers the rest."""
+    if jax.process_count() == 1:
+      return False
+    return bool(self._manager.reached_preemption(step))
+
   def wait(self) -> None:
     """Blocks until every save in flight is complete on disk."""
     self._manager.wait_until_finished()

@@ -233,3 +233,16 @@ class _Sink:
 
   def start_prefetch(self) -> None:
     pass
+
+
+def test_keeps_the_newest_and_the_best(tmp_path):
+  checkpoints = ckpt_lib.Checkpoints(tmp_path, keep=1, keep_best=1)
+  state = {"w": jax.numpy.zeros(3)}
+  for step, loss in zip(range(1, 6), [3.0, 1.0, 2.0, None, 4.0]):
+    metrics = None if loss is None else {ckpt_lib.VALIDATION_METRIC: loss}
+    checkpoints.save(step, state, _Sink(), {}, {"phase": "x"}, metrics)
+  checkpoints.wait()
+  assert checkpoints.steps() == [2, 5]  # best validation loss, newest
+  checkpoints.close()
+  with pytest.raises(ckpt_lib.CheckpointError, match="keep=0"):
+    ckpt_lib.Checkpoints(tmp_path / "other", keep=0)

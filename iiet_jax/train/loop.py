@@ -173,7 +173,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
           writers.event(step, f"validation loss {val['loss']:.4f}, "
                         f"perplexity {val['perplexity']:.1f}")
           evaluated = {ckpt_lib.VALIDATION_METRIC: val["loss"]}
-        stop = preemption.agreed(False)
+        stop = preemption.agreed(checkpoints.reached_preemption(step))
         if (step % config.checkpoint.every == 0 or step == phase.end or stop):
           checkpoints.save(step, state, loaders.train.grain_iterator,
                            config_json, description(phase), evaluated)
