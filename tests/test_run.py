@@ -86,6 +86,9 @@ def test_two_stage_run_switches_at_the_configured_step(tmp_path):
   assert checkpoints.model_description(8)["phase"] == "iiet"
   assert checkpoints.model_description(12)["arch"] == "iiet"
   checkpoints.close()
+  # Run again in the finished workdir: nothing trains, the summary stands.
+  assert loop.train(cfg, tmp_path / "run") == summary
+  assert sorted(read_metrics(tmp_path / "run")[0]) == list(range(1, 13))
 
 
 def _run(cfg, workdir):

@@ -128,6 +128,14 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
       state = warm_start.load_params(state, training_for(plan[0]), config)
       writers.event(0, f"warm start: parameters from {config.init_from}")
 
+  done = workdir / "summary.json"
+  if int(state.step) >= config.total_steps and done.exists():
+    writers.event(int(state.step), f"the run in {workdir} is complete; its "
+                  f"summary follows (raise --config.total_steps to go on)")
+    checkpoints.close()
+    loaders.close()
+    writers.close()
+    return json.loads(done.read_text())
   if jax.process_index() == 0:
     print(_header(config, plan, training_for, loaders), flush=True)
   preemption = Preemption()
