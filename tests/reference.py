@@ -84,7 +84,9 @@ def transformer(tokens, P, num_heads, positions=None, segment_ids=None):
   return _head(h, P)
 
 
-def iiet(tokens, P, num_heads, iterations, positions=None, segment_ids=None):
+def iiet(tokens, P, num_heads, iterations, positions=None, segment_ids=None,
+         trace=None):
+  """`trace`, a list, receives [S_t^(0), ..., S_t^(r_t)] of every layer."""
   positions = _defaults(tokens, positions)
   W, Wc = P["W"], P["Wc"]
   S = [P["embedding"][tokens]]
@@ -92,10 +94,14 @@ def iiet(tokens, P, num_heads, iterations, positions=None, segment_ids=None):
   for t, p in enumerate(P["layers"], start=1):
     S.append(layer_norm(block(h, p, num_heads, positions, segment_ids),
                         *P["LNp"][t - 1]))
+    states = [S[t]]
     for _ in range(iterations[t - 1]):
       u = sum(W[t, j] * S[j] for j in range(t + 1))
       S[t] = layer_norm(block(u, p, num_heads, positions, segment_ids),
                         *P["LNc"][t - 1])
+      states.append(S[t])
+    if trace is not None:
+      trace.append(states)
     h = sum(Wc[t, j] * S[j] for j in range(t + 1))
   return _head(h, P)
 

@@ -32,6 +32,7 @@ class IIETLayer(HistoryLayer):
     cfg = self.config
     w_prefix_BTD, c_prefix_BTD = prefix
     s_BTD = self.predictor_norm(self.block(h_BTD, positions_BT, segment_ids_BT))
+    predictor_BTD = s_BTD
 
     if self.index is not None:
       num_iterations, masked = cfg.iterations[self.index], False
@@ -43,16 +44,22 @@ class IIETLayer(HistoryLayer):
                               segment_ids_BT)
       if masked:
         new_BTD = jnp.where(k < layer_xs["iterations"], new_BTD, s_BTD)
+      layer.sow("intermediates", "iterates", new_BTD)
       return new_BTD, None
 
     if num_iterations > 0:
       s_BTD, _ = nn.scan(iterate, variable_broadcast="params",
+                         variable_axes={"intermediates": 0},
                          split_rngs={"params": False},
                          length=num_iterations,
                          unroll=cfg.unroll_iterations)(
                              self, s_BTD, jnp.arange(num_iterations))
     elif self.is_initializing():
       self.corrector_norm(s_BTD)  # LNc_t exists even when r_t = 0.
+    # S_t^(0) and (above) S_t^(1..r): read by IIAD's influence measure
+    # (SPEC.md 5) through the "intermediates" collection, free when that is
+    # not mutable. Sown after the loop, which must find the collection empty.
+    self.sow("intermediates", "predictor", predictor_BTD)
     return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD
 
 

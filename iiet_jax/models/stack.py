@@ -109,7 +109,7 @@ class LayerStack(nn.Module):
     if cfg.scan_layers:
       scanned = nn.scan(
           _Step,
-          variable_axes={"params": 0},
+          variable_axes={"params": 0, "intermediates": 0},
           split_rngs={"params": True},
           in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
           length=L,
