@@ -194,3 +194,67 @@ class Checkpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+@dataclasses.dataclass
+class SavedRun:
+  """The newest checkpoint of a run, read-only: for warm starts, teachers,
+  influence and exports."""
+  directory: epath.Path
+  step: int
+  model: dict[str, Any]     # the model description (with its phase)
+  config: dict[str, Any]    # the run config, as saved
+
+  def model_config(self, **changes):
+    from iiet_jax.models import ModelConfig
+    fields = {k: v for k, v in self.model.items() if k != "phase"}
+    fields.update(changes)
+    return ModelConfig.from_dict(fields)
+
+
+def checkpoint_dir(source: str) -> epath.Path:
+  """A run's workdir or its `checkpoints` directory, as an absolute path."""
+  import os
+  path = epath.Path(source if "://" in source else os.path.abspath(source))
+  if (path / "checkpoints").is_dir():
+    path = path / "checkpoints"
+  if not path.is_dir():
+    raise FileNotFoundError(f"{source} is not a directory; give a run's "
+                            f"workdir or its checkpoints directory.")
+  return path
+
+
+def _reader(directory: epath.Path) -> ocp.CheckpointManager:
+  # The PyTree handler reads what StandardSave wrote and can restore a part
+  # of it: the parameters alone.
+  return ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                     "model": ocp.JsonCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler()})
+
+
+def saved_run(source: str) -> SavedRun:
+  directory = checkpoint_dir(source)
+  manager = _reader(directory)
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(f"{source}: no checkpoint in {directory}.")
+  step = max(steps)
+  items = manager.restore(step, args=ocp.args.Composite(
+      model=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+  manager.close()
+  return SavedRun(directory, step, items["model"], items["config"])
+
+
+def restore_params(run: SavedRun, abstract_params) -> Any:
+  """The run's parameters onto `abstract_params`' shapes and shardings."""
+  manager = _reader(run.directory)
+  restored = manager.restore(run.step, args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(
+          item={"params": abstract_params},
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              {"params": abstract_params}),
+          partial_restore=True)))
+  manager.close()
+  return restored["state"]["params"]
