@@ -73,12 +73,14 @@ class HistoryLayer(nn.Module):
     self.corrector_norm = LayerNorm(self.config)    # LNc_t
 
   def correct(self, s_BTD, w_prefix_BTD, layer_xs, positions_BT,
-              segment_ids_BT):
-    """One implicit step: S_t <- LNc_t(B_t(sum_j W[t, j] S_j))."""
+              segment_ids_BT, kv=None):
+    """One implicit step: S_t <- LNc_t(B_t(sum_j W[t, j] S_j)).
+
+    Returns (S_t, kv), kv the step's own cache slot when decoding."""
     u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD,
                         self.config.compute_dtype)
-    return self.corrector_norm(self.block(u_BTD, positions_BT,
-                                          segment_ids_BT))
+    b_BTD, kv = self.block(u_BTD, positions_BT, segment_ids_BT, kv)
+    return self.corrector_norm(b_BTD), kv
 
   def output(self, s_BTD, c_prefix_BTD, layer_xs):
     """h_t = sum_j Wc[t, j] S_j."""
@@ -87,11 +89,12 @@ class HistoryLayer(nn.Module):
 
 
 def history_decoder(config: ModelConfig, core, h0_BTD, positions_BT,
-                    segment_ids_BT, shared=None, layer_xs=None):
+                    segment_ids_BT, shared=None, layer_xs=None, kv=None):
   """Runs `core` over the layers with the history; call inside a compact
-  `__call__` (creates the `history` and `stack` submodules)."""
+  `__call__` (creates the `history` and `stack` submodules). Returns
+  (h_L, kv), kv the updated cache when decoding."""
   xs, accumulators = History(config, name="history")(h0_BTD)
   xs.update(layer_xs or {})
-  h_BTD, _, _ = LayerStack(config, core, history=True, name="stack")(
-      (h0_BTD, *accumulators), xs, shared, positions_BT, segment_ids_BT)
-  return h_BTD
+  (h_BTD, _, _), kv = LayerStack(config, core, history=True, name="stack")(
+      (h0_BTD, *accumulators), xs, shared, positions_BT, segment_ids_BT, kv)
+  return h_BTD, kv

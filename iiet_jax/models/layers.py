@@ -7,7 +7,7 @@ logical `activation_*` constraint, so one rules table shards the whole model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -92,18 +92,57 @@ def apply_rope(x_BTNH: Array, positions_BT: Array, base: float) -> Array:
   return out.astype(x_BTNH.dtype)
 
 
+class KVCache(NamedTuple):
+  """Keys and values of block evaluations at every cache position.
+
+  Leaves are [..., B, S, N, H] (S the fixed cache length): one block
+  evaluation's slot in `Attention`, [E, ...] for the E evaluations of a layer
+  in a layer core, [L, E, ...] for the whole model.
+  """
+  key: Array
+  value: Array
+
+
+def kv_slot(kv: KVCache | None, e: int) -> KVCache | None:
+  """Evaluation e's slot of a layer's [E, ...] cache (None without a cache)."""
+  return None if kv is None else jax.tree.map(lambda a: a[e], kv)
+
+
+def kv_stack(slots: Sequence[KVCache | None]) -> KVCache | None:
+  """Slots back into a layer's [E, ...] cache."""
+  if slots[0] is None:
+    return None
+  return jax.tree.map(lambda *a: jnp.stack(a), *slots)
+
+
+def write_kv(kv: KVCache, k_BTNH: Array, v_BTNH: Array,
+             start_B: Array) -> KVCache:
+  """Writes T new keys and values into each row's cache from `start_B` on."""
+  def write(cache_BSNH, new_BTNH):
+    put = lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0))
+    return jax.vmap(put)(cache_BSNH, new_BTNH.astype(cache_BSNH.dtype),
+                         start_B)
+  return KVCache(write(kv.key, k_BTNH), write(kv.value, v_BTNH))
+
+
 class Attention(nn.Module):
   """Causal multi-head self-attention with RoPE, no biases.
 
   Runs through `jax.nn.dot_product_attention`, so `attention_impl` can pick a
   fused kernel (cuDNN on GPU) where the hardware has one. With `segment_ids`,
   tokens attend only within their own packed document.
+
+  Decoding: with a `kv` slot the new keys and values are written at
+  `positions_BT` (contiguous per row) and the queries attend to every cache
+  position up to their own, so earlier tokens come from the cache. Returns
+  (out, updated kv); kv stays None in training.
   """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BTD: Array, positions_BT: Array,
-               segment_ids_BT: Array | None) -> Array:
+               segment_ids_BT: Array | None,
+               kv: KVCache | None = None) -> tuple[Array, KVCache | None]:
     cfg = self.config
     dt = cfg.compute_dtype
     D, N, H = cfg.d_model, cfg.num_heads, cfg.head_dim
@@ -117,18 +156,30 @@ class Attention(nn.Module):
     q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_base)
     k_BTNH = apply_rope(k_BTNH, positions_BT, cfg.rope_base)
 
-    mask = None
-    if segment_ids_BT is not None:
-      mask = (segment_ids_BT[:, None, :, None] ==
-              segment_ids_BT[:, None, None, :])
-    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-    out_BTNH = jax.nn.dot_product_attention(
-        q_BTNH, k_BTNH, v_BTNH, mask=mask, is_causal=True,
-        implementation=impl)
+    if kv is None:
+      impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+      mask = None
+      if segment_ids_BT is not None:
+        mask = (segment_ids_BT[:, None, :, None] ==
+                segment_ids_BT[:, None, None, :])
+      out_BTNH = jax.nn.dot_product_attention(
+          q_BTNH, k_BTNH, v_BTNH, mask=mask, is_causal=True,
+          implementation=impl)
+    else:
+      if segment_ids_BT is not None:
+        raise ValueError("decoding with a KV cache takes no segment_ids")
+      kv = write_kv(kv, k_BTNH, v_BTNH, positions_BT[:, 0])
+      # Cache slots past a query's own position are stale or empty.
+      S = kv.key.shape[1]
+      mask_B1TS = (jnp.arange(S)[None, None, None, :] <=
+                   positions_BT[:, None, :, None])
+      # The fused kernels want a causal T x T problem; this one is T x S.
+      out_BTNH = jax.nn.dot_product_attention(
+          q_BTNH, kv.key, kv.value, mask=mask_B1TS, implementation="xla")
     out_BTNH = checkpoint_name(constrain(out_BTNH, BTNH), "attention_out")
     w_NHD = param(self, "out", (N, H, D), ("heads", "kv", "embed"))
     out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, w_NHD.astype(dt))
-    return constrain(out_BTD, BTD)
+    return constrain(out_BTD, BTD), kv
 
 
 class MLP(nn.Module):
@@ -151,17 +202,21 @@ class MLP(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-  """B_t(x): a = x + Attn(RMSNorm(x)); B_t(x) = a + MLP(RMSNorm(a))."""
+  """B_t(x): a = x + Attn(RMSNorm(x)); B_t(x) = a + MLP(RMSNorm(a)).
+
+  Returns (B_t(x), kv): the evaluation's KV cache slot, updated when decoding.
+  """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BTD: Array, positions_BT: Array,
-               segment_ids_BT: Array | None) -> Array:
+               segment_ids_BT: Array | None,
+               kv: KVCache | None = None) -> tuple[Array, KVCache | None]:
     x_BTD = constrain(x_BTD, BTD)
-    attn = Attention(self.config, name="attention")(
+    attn, kv = Attention(self.config, name="attention")(
         RMSNorm(self.config, name="attention_norm")(x_BTD), positions_BT,
-        segment_ids_BT)
+        segment_ids_BT, kv)
     a_BTD = x_BTD + attn
     out = a_BTD + MLP(self.config, name="mlp")(
         RMSNorm(self.config, name="mlp_norm")(a_BTD))
-    return checkpoint_name(constrain(out, BTD), "block_out")
+    return checkpoint_name(constrain(out, BTD), "block_out"), kv

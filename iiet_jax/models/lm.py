@@ -3,7 +3,8 @@
     logits = Head(RMSNorm_f(decoder(Embed(x))))          (SPEC.md sections 2-4)
 
 The head is the embedding transposed when `tie_embeddings` is set. Logits are
-float32 whatever the compute dtype.
+float32 whatever the compute dtype. `decode` is the same forward run against a
+KV cache (iiet_jax/decode builds prefill, decode steps and sampling on it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
 from iiet_jax.models.iiet import IIETDecoder
-from iiet_jax.models.layers import BTD, BTV, RMSNorm, constrain, param
+from iiet_jax.models.layers import (BTD, BTV, KVCache, RMSNorm, constrain,
+                                    param)
 from iiet_jax.models.pcformer import PCformerDecoder
 from iiet_jax.models.transformer import TransformerDecoder
 
@@ -55,14 +57,28 @@ class LanguageModel(nn.Module):
                        (None, None))
     return constrain(jnp.take(emb_VD, tokens_BT, axis=0), BTD)
 
+  def decode(self, tokens_BT: Array, positions_BT: Array,
+             kv: KVCache) -> tuple[Array, KVCache]:
+    """New tokens at `positions_BT` (contiguous per row) against a KV cache
+    [L, E, B, S, N, H]: their keys and values go into the cache at those
+    positions, they attend to cache positions up to their own. Returns
+    (logits [B, T, V], updated cache)."""
+    h_BTD, kv = self.decoder(self.embed(tokens_BT), positions_BT, None, kv)
+    return self.head_logits(h_BTD), kv
+
   def logits_from_embeddings(self, h0_BTD: Array,
                              positions_BT: Array | None = None,
                              segment_ids_BT: Array | None = None) -> Array:
-    cfg = self.config
     B, T = h0_BTD.shape[:2]
     if positions_BT is None:
       positions_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
-    h_BTD = self.final_norm(self.decoder(h0_BTD, positions_BT, segment_ids_BT))
+    h_BTD, _ = self.decoder(h0_BTD, positions_BT, segment_ids_BT)
+    return self.head_logits(h_BTD)
+
+  def head_logits(self, h_BTD: Array) -> Array:
+    """Head(RMSNorm_f(h_L)) in float32."""
+    cfg = self.config
+    h_BTD = self.final_norm(h_BTD)
     head_DV = self.embedding.T if cfg.tie_embeddings else self.head
     logits_BTV = jnp.einsum("btd,dv->btv", h_BTD,
                             head_DV.astype(cfg.compute_dtype),

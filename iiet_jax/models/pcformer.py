@@ -14,7 +14,8 @@ import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
 from iiet_jax.models.history import HistoryLayer, history_decoder
-from iiet_jax.models.layers import layer_norm, param
+from iiet_jax.models.layers import (KVCache, kv_slot, kv_stack, layer_norm,
+                                    param)
 
 Array = jax.Array
 
@@ -35,25 +36,30 @@ class PCformerLayer(HistoryLayer):
   """Layer core: RK predictor, one corrector step, history output mix."""
 
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
-               segment_ids_BT):
+               segment_ids_BT, kv=None):
     cfg = self.config
     w_prefix_BTD, c_prefix_BTD = prefix
     y32 = h_BTD.astype(jnp.float32)
     stages = [jnp.zeros_like(y32)]
+    slots = []  # cache slot e: block evaluation e (RK stages, then corrector)
     for k, (src, factor) in enumerate(stage_inputs(cfg.pc_order)):
       x_BTD = (y32 + factor * stages[src]).astype(cfg.compute_dtype) if src \
           else h_BTD
-      f32 = layer_norm(self.block(x_BTD, positions_BT, segment_ids_BT),
-                       shared["rk_scale"][k], shared["rk_bias"][k], cfg.ln_eps)
+      b_BTD, slot = self.block(x_BTD, positions_BT, segment_ids_BT,
+                               kv_slot(kv, k))
+      slots.append(slot)
+      f32 = layer_norm(b_BTD, shared["rk_scale"][k], shared["rk_bias"][k],
+                       cfg.ln_eps)
       stages.append(f32)
     alpha = shared["alpha"][0].astype(jnp.float32)
     p32 = y32
     for c, f32 in zip(ema_coefficients(alpha, cfg.pc_order), stages[1:]):
       p32 = p32 + c * f32
     s_BTD = self.predictor_norm(p32)
-    s_BTD = self.correct(s_BTD, w_prefix_BTD, layer_xs, positions_BT,
-                         segment_ids_BT)
-    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD
+    s_BTD, slot = self.correct(s_BTD, w_prefix_BTD, layer_xs, positions_BT,
+                               segment_ids_BT, kv_slot(kv, cfg.pc_order))
+    slots.append(slot)
+    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD, kv_stack(slots)
 
 
 class PCformerDecoder(nn.Module):
@@ -61,7 +67,8 @@ class PCformerDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, h0_BTD: Array, positions_BT: Array,
-               segment_ids_BT: Array | None) -> Array:
+               segment_ids_BT: Array | None, kv: KVCache | None = None):
+    """Returns (h_L, kv): the [L, order + 1, ...] cache, None in training."""
     cfg = self.config
     order, d = cfg.pc_order, cfg.d_model
     shared = {
@@ -73,4 +80,4 @@ class PCformerDecoder(nn.Module):
                          nn.initializers.zeros),
     }
     return history_decoder(cfg, PCformerLayer, h0_BTD, positions_BT,
-                           segment_ids_BT, shared=shared)
+                           segment_ids_BT, shared=shared, kv=kv)

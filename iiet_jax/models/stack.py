@@ -2,13 +2,18 @@
 
 An architecture supplies one *layer core*, a module called as
 
-    core(h_BTD, prefix, layer_xs, shared, positions_BT, segment_ids_BT)
-        -> (h_next_BTD, S_BTD or None)
+    core(h_BTD, prefix, layer_xs, shared, positions_BT, segment_ids_BT, kv)
+        -> (h_next_BTD, S_BTD or None, kv)
 
 and `LayerStack` runs it L times: `nn.scan` over layers (parameters stacked on
 a leading `layers` axis) or a Python loop (`scan_layers=False`, same math,
 parameters `layers_0..layers_{L-1}`), with the core wrapped in `nn.remat` under
 the configured policy.
+
+Decoding threads a KV cache [L, E, B, S, N, H] through the stack: layer t gets
+its [E, ...] slice (one slot per block evaluation of the layer, E the most
+evaluations any layer makes) and returns it updated, as scanned xs and ys; the
+core is not rematerialised then. Training passes kv=None and runs as before.
 
 For IIET and PCformer the stack also keeps the ODE history (SPEC.md sections
 3-4). Instead of carrying the list S_0..S_t, it carries two float32
@@ -48,6 +53,7 @@ import jax
 import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
+from iiet_jax.models.layers import KVCache, kv_slot, kv_stack
 
 Array = jax.Array
 
@@ -72,37 +78,43 @@ class _Step(nn.Module):
   index: int | None  # static layer index when unrolled, None under scan
 
   @nn.compact
-  def __call__(self, carry, layer_xs, shared, positions_BT, segment_ids_BT):
+  def __call__(self, carry, layer_xs, kv, shared, positions_BT,
+               segment_ids_BT):
     cfg = self.config
     core_cls = self.core
-    if cfg.remat_policy != "none":
+    if cfg.remat_policy != "none" and kv is None:
       core_cls = nn.remat(core_cls, policy=remat_policy(cfg),
                           prevent_cse=not cfg.scan_layers)
     core = core_cls(cfg, self.index, name="layer")
     if not self.history:
-      h_BTD, _ = core(carry, None, layer_xs, shared, positions_BT,
-                      segment_ids_BT)
-      return h_BTD, None
+      h_BTD, _, kv = core(carry, None, layer_xs, shared, positions_BT,
+                          segment_ids_BT, kv)
+      return h_BTD, kv
 
     h_BTD, w_acc_LBTD, c_acc_LBTD = carry
     i = layer_xs["layer"] if self.index is None else self.index
     prefix = (w_acc_LBTD[i], c_acc_LBTD[i])
-    h_BTD, s_BTD = core(h_BTD, prefix, layer_xs, shared, positions_BT,
-                        segment_ids_BT)
+    h_BTD, s_BTD, kv = core(h_BTD, prefix, layer_xs, shared, positions_BT,
+                            segment_ids_BT, kv)
     s32_1BTD = s_BTD.astype(jnp.float32)[None]
     w_acc_LBTD = w_acc_LBTD + layer_xs["w_future"][:, None, None, None] * s32_1BTD
     c_acc_LBTD = c_acc_LBTD + layer_xs["c_future"][:, None, None, None] * s32_1BTD
-    return (h_BTD, w_acc_LBTD, c_acc_LBTD), None
+    return (h_BTD, w_acc_LBTD, c_acc_LBTD), kv
 
 
 class LayerStack(nn.Module):
-  """Runs `core` for every layer; owns remat and scan for all architectures."""
+  """Runs `core` for every layer; owns remat and scan for all architectures.
+
+  Returns (carry, kv): kv is the [L, E, ...] cache updated by every layer,
+  None in training.
+  """
   config: ModelConfig
   core: Any
   history: bool = False
 
   @nn.compact
-  def __call__(self, carry, layer_xs, shared, positions_BT, segment_ids_BT):
+  def __call__(self, carry, layer_xs, shared, positions_BT, segment_ids_BT,
+               kv: KVCache | None = None):
     cfg = self.config
     L = cfg.num_layers
     layer_xs = dict(layer_xs, layer=jnp.arange(L))
@@ -111,15 +123,17 @@ class LayerStack(nn.Module):
           _Step,
           variable_axes={"params": 0, "intermediates": 0},
           split_rngs={"params": True},
-          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+          in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast),
           length=L,
           metadata_params={nn.PARTITION_NAME: "layers"},
       )
-      carry, _ = scanned(cfg, self.core, self.history, None, name="layers")(
-          carry, layer_xs, shared, positions_BT, segment_ids_BT)
-      return carry
+      return scanned(cfg, self.core, self.history, None, name="layers")(
+          carry, layer_xs, kv, shared, positions_BT, segment_ids_BT)
+    kvs = []
     for i in range(L):
       xs_i = jax.tree.map(lambda a, i=i: a[i], layer_xs)
-      carry, _ = _Step(cfg, self.core, self.history, i, name=f"layers_{i}")(
-          carry, xs_i, shared, positions_BT, segment_ids_BT)
-    return carry
+      carry, kv_i = _Step(cfg, self.core, self.history, i,
+                          name=f"layers_{i}")(
+          carry, xs_i, kv_slot(kv, i), shared, positions_BT, segment_ids_BT)
+      kvs.append(kv_i)
+    return carry, kv_stack(kvs)

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 
 from iiet_jax.models.config import ModelConfig
-from iiet_jax.models.layers import DecoderBlock
+from iiet_jax.models.layers import DecoderBlock, KVCache, kv_slot, kv_stack
 from iiet_jax.models.stack import LayerStack
 
 Array = jax.Array
@@ -19,10 +19,11 @@ class TransformerLayer(nn.Module):
 
   @nn.compact
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
-               segment_ids_BT):
+               segment_ids_BT, kv=None):
     del prefix, layer_xs, shared
-    return DecoderBlock(self.config, name="block")(
-        h_BTD, positions_BT, segment_ids_BT), None
+    h_BTD, slot = DecoderBlock(self.config, name="block")(
+        h_BTD, positions_BT, segment_ids_BT, kv_slot(kv, 0))
+    return h_BTD, None, kv_stack([slot])
 
 
 class TransformerDecoder(nn.Module):
@@ -30,6 +31,7 @@ class TransformerDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, h0_BTD: Array, positions_BT: Array,
-               segment_ids_BT: Array | None) -> Array:
+               segment_ids_BT: Array | None, kv: KVCache | None = None):
+    """Returns (h_L, kv): the [L, 1, ...] cache, None in training."""
     return LayerStack(self.config, TransformerLayer, name="stack")(
-        h0_BTD, {}, None, positions_BT, segment_ids_BT)
+        h0_BTD, {}, None, positions_BT, segment_ids_BT, kv)
