@@ -101,6 +101,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Warm start: parameters only, from another run's workdir (its latest
   # checkpoint). Parameter paths present on one side only are errors unless
   # they match one of these regexes.
+  # `pretrain` (with the switch above) or `distill`: IIAD into E-IIET from
+  # the IIET run in distill.teacher (iiet_jax/stages/distill.py).
+  config.stage = "pretrain"
+  config.distill = ml_collections.ConfigDict(dict(
+      teacher="",            # workdir of a trained IIET run
+      tau=0.05,              # keep leading iterations with influence >= tau
+      budget=0.0,            # or: share of all iterations to keep (0: use tau)
+      kl_weight=1.0,
+      temperature=1.0,
+      influence_batches=4,   # validation batches the influence is measured on
+  ))
   config.init_from = ""
   config.init_allow_new = ()
   config.init_allow_dropped = ()

@@ -12,7 +12,7 @@ moments; the step count, and with it the learning-rate schedule, continues.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 from iiet_jax.stages import merge as merge_lib
 
@@ -27,6 +27,8 @@ class Phase:
   start: int     # first step (state.step before it)
   end: int       # state.step after its last step
   config: Any    # the run config, with this phase's model
+  # (config, batch_keys, loaders, workdir) -> Training; None: build_training.
+  build: Callable | None = None
 
 
 def phases(config) -> list[Phase]:

@@ -26,6 +26,7 @@ import numpy as np
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
+from iiet_jax import stages
 from iiet_jax.stages import pretrain
 from iiet_jax.stages import warm_start
 from iiet_jax.train import flops
@@ -80,14 +81,18 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
   if "://" not in str(workdir):  # Orbax needs absolute local paths.
     workdir = epath.Path(os.path.abspath(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
-  plan = pretrain.phases(config)
+  plan = stages.plan(config)
   loaders = make_loaders(config)
   built: dict[str, Training] = {}
 
   def training_for(phase: pretrain.Phase) -> Training:
     if phase.name not in built:
-      built[phase.name] = build_training(phase.config,
-                                         batch_keys=loaders.batch_keys)
+      if phase.build is None:
+        built[phase.name] = build_training(phase.config,
+                                           batch_keys=loaders.batch_keys)
+      else:
+        built[phase.name] = phase.build(phase.config, loaders.batch_keys,
+                                        loaders, workdir)
     return built[phase.name]
 
   def description(phase: pretrain.Phase) -> dict[str, Any]:
@@ -140,7 +145,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
     print(_header(config, plan, training_for, loaders), flush=True)
   preemption = Preemption()
   step = int(state.step)
-  val, metrics = None, {}
+  val, metrics, feed = None, {}, None
   timer = {"tokens": 0, "seconds": 0.0}
   try:
     for index, phase in enumerate(plan):
@@ -191,8 +196,17 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
                         f"stopping")
           return _finish(config, workdir, step, metrics, val, timer,
                          writers, checkpoints, loaders, preempted=True)
+    report = getattr(training_for(plan[-1]), "report", None)
+    extra = {}
+    if report is not None and feed is not None:
+      extra = report(state, loaders.validation, feed)
+      writers.write(step, {k: v for k, v in extra.items()
+                           if isinstance(v, float)}, prefix="validation")
+      writers.event(step, "final: " + ", ".join(
+          f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+          for k, v in extra.items()))
     return _finish(config, workdir, step, metrics, val, timer,
-                   writers, checkpoints, loaders, preempted=False)
+                   writers, checkpoints, loaders, preempted=False, extra=extra)
   finally:
     preemption.restore()
 
@@ -240,7 +254,8 @@ def _train_metrics(metrics, timer, training: Training, config) -> dict:
 
 
 def _finish(config, workdir, step, metrics, val, timer, writers,
-            checkpoints, loaders, preempted: bool) -> dict[str, Any]:
+            checkpoints, loaders, preempted: bool,
+            extra: dict | None = None) -> dict[str, Any]:
   checkpoints.wait()
   checkpoints.close()
   loaders.close()
@@ -255,6 +270,7 @@ def _finish(config, workdir, step, metrics, val, timer, writers,
       "checkpoints": str(checkpoints.directory),
       "metrics": str(workdir / "metrics.jsonl"),
       "tensorboard": str(workdir / "tensorboard"),
+      **(extra or {}),
   }
   if jax.process_index() == 0:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -8,6 +8,31 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
+def target_weights(tokens_BT: Array, mask_BT: Array | None = None,
+                   segment_ids_BT: Array | None = None) -> Array:
+  """[B, T-1]: 1 where predicting token i+1 from position i counts."""
+  weights = jnp.ones(tokens_BT[:, 1:].shape, jnp.float32)
+  if mask_BT is not None:
+    weights = weights * mask_BT[:, 1:].astype(jnp.float32)
+  if segment_ids_BT is not None:
+    weights = weights * (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
+  return weights
+
+
+def kl_sum(student_BTV: Array, teacher_BTV: Array, weights_BT: Array,
+           temperature: float = 1.0) -> Array:
+  """sum over counted positions of KL(softmax(t/T) || softmax(s/T)) * T^2.
+
+  Positions as in `next_token_sums` (the last one predicts nothing). T^2
+  keeps gradient scales comparable across temperatures; at T = 1 it is the
+  plain KL of SPEC.md section 5.
+  """
+  s = jax.nn.log_softmax(student_BTV[:, :-1].astype(jnp.float32) / temperature)
+  t = jax.nn.log_softmax(teacher_BTV[:, :-1].astype(jnp.float32) / temperature)
+  kl_BT = jnp.sum(jnp.exp(t) * (t - s), axis=-1)
+  return jnp.sum(kl_BT * weights_BT) * temperature ** 2
+
+
 def next_token_sums(logits_BTV: Array, tokens_BT: Array,
                     mask_BT: Array | None = None,
                     segment_ids_BT: Array | None = None) -> dict[str, Array]:
@@ -21,11 +46,7 @@ def next_token_sums(logits_BTV: Array, tokens_BT: Array,
   targets_BT = tokens_BT[:, 1:]
   logz = jax.nn.logsumexp(logits, axis=-1)
   gold = jnp.take_along_axis(logits, targets_BT[..., None], axis=-1)[..., 0]
-  weights = jnp.ones(targets_BT.shape, jnp.float32)
-  if mask_BT is not None:
-    weights = weights * mask_BT[:, 1:].astype(jnp.float32)
-  if segment_ids_BT is not None:
-    weights = weights * (segment_ids_BT[:, 1:] == segment_ids_BT[:, :-1])
+  weights = target_weights(tokens_BT, mask_BT, segment_ids_BT)
   return {"nll": jnp.sum((logz - gold) * weights),
           "z": jnp.sum(jnp.square(logz) * weights),
           "count": jnp.sum(weights)}

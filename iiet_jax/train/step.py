@@ -45,32 +45,40 @@ def _split_micro(batch: Batch, k: int) -> Batch:
 
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, micro_batches: int = 1,
-                    z_loss: float = 0.0) -> Callable:
-  """The pure train step; jit it with `jit_train_step`."""
+                    z_loss: float = 0.0,
+                    objective: Callable | None = None) -> Callable:
+  """The pure train step; jit it with `jit_train_step`.
 
-  def objective(params, batch):
+  `objective(params, batch, *extra) -> (summed loss, sums)` replaces the
+  next-token loss (distillation passes the teacher's parameters as `extra`);
+  `sums` holds at least nll, z and count; any other entry is reported as a
+  metric divided by the token count.
+  """
+
+  def next_token(params, batch):
     sums = _sums(model, params, batch)
     return sums["nll"] + z_loss * sums["z"], sums
 
-  grad_fn = jax.grad(objective, has_aux=True)
+  grad_fn = jax.grad(objective or next_token, has_aux=True)
 
-  def train_step(state: TrainState, batch: Batch):
+  def train_step(state: TrainState, batch: Batch, *extra):
     B = batch["tokens"].shape[0]
     if B % micro_batches:
       raise ValueError(f"Batch of {B} rows does not split into "
                        f"micro_batches={micro_batches}.")
     if micro_batches == 1:
-      grads, sums = grad_fn(state.params, batch)
+      grads, sums = grad_fn(state.params, batch, *extra)
     else:
       def accumulate(carry, micro):
-        grads, sums = grad_fn(state.params, micro)
+        grads, sums = grad_fn(state.params, micro, *extra)
         return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-      zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32),
-                           state.params)
-      zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("nll", "z", "count")}
-      (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums),
-                                      _split_micro(batch, micro_batches))
+      micros = _split_micro(batch, micro_batches)
+      shapes = jax.eval_shape(
+          lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micros),
+                          *extra))
+      zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, jnp.float32), shapes)
+      (grads, sums), _ = jax.lax.scan(accumulate, zeros, micros)
     count = jnp.maximum(sums["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -88,6 +96,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "tokens": sums["count"],
         "tokens_seen": new_state.tokens_seen,
     }
+    metrics.update({k: v / count for k, v in sums.items()
+                    if k not in ("nll", "z", "count")})
     return new_state, metrics
 
   return train_step

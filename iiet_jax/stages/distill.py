@@ -1,0 +1,198 @@
+"""IIAD distillation into E-IIET (SPEC.md section 5, step 3).
+
+The teacher is a trained IIET run (`distill.teacher`: its workdir), restored
+parameters-only into the student's shardings and frozen. The student has the
+teacher's architecture and weights with per-layer iteration counts r_t chosen
+by iteration influence on validation batches (`distill.tau`, or
+`distill.budget` as a share of all iterations to keep). Loss per token:
+
+    CE(student) + kl_weight * KL(softmax(teacher / T) || softmax(student / T))
+
+with the teacher's forward inside the same jitted step. The chosen r_t are
+part of the student's model description, saved with every checkpoint: a
+resumed distillation reads them from there and never re-measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax.iiad import influence as inf
+from iiet_jax.iiad import selection
+from iiet_jax.models import build_model
+from iiet_jax.train import loss as loss_lib
+from iiet_jax.train import step as step_lib
+from iiet_jax.train.build import Training, build_training
+
+PHASE = "distill"
+
+
+class DistillError(ValueError):
+  """A distillation request that cannot be carried out."""
+
+
+def distill_objective(student, teacher, kl_weight: float, temperature: float,
+                      z_loss: float = 0.0) -> Callable:
+  """objective(params, batch, teacher_params) for `make_train_step`."""
+  def logits(model, params, batch):
+    return model.apply({"params": params}, batch["tokens"],
+                       positions_BT=batch.get("positions"),
+                       segment_ids_BT=batch.get("segment_ids"))
+
+  def objective(params, batch, teacher_params):
+    s_BTV = logits(student, params, batch)
+    t_BTV = jax.lax.stop_gradient(logits(teacher, teacher_params, batch))
+    sums = loss_lib.next_token_sums(s_BTV, batch["tokens"], batch.get("mask"),
+                                    batch.get("segment_ids"))
+    weights = loss_lib.target_weights(batch["tokens"], batch.get("mask"),
+                                      batch.get("segment_ids"))
+    sums["kl"] = loss_lib.kl_sum(s_BTV, t_BTV, weights, temperature)
+    total = sums["nll"] + z_loss * sums["z"] + kl_weight * sums["kl"]
+    return total, sums
+  return objective
+
+
+@dataclasses.dataclass
+class DistillTraining(Training):
+  """A Training whose step also reads the frozen teacher's parameters."""
+  teacher_params: object = None
+  teacher_eval: object = None
+  selection: dict | None = None
+  teacher_iterations: tuple = ()
+
+  def report(self, state, batches, feed) -> dict[str, float]:
+    """Validation loss of teacher and student on the same batches."""
+    out = {}
+    for who, step, params in (("teacher", self.teacher_eval,
+                               self.teacher_params),
+                              ("student", self.eval_step, state.params)):
+      nll = count = 0.0
+      for batch in batches:
+        sums = step(params, feed(batch))
+        nll += float(sums["nll"])
+        count += float(sums["count"])
+      out[f"{who}_validation_loss"] = nll / max(count, 1.0)
+    out["student_iterations"] = list(self.model.config.iterations)
+    out["teacher_iterations"] = list(self.teacher_iterations)
+    return out
+
+  def init_state(self, seed: int):
+    """The student starts from the teacher's weights, with fresh moments."""
+    state = super().init_state(seed)
+    # A copy: the train step donates the student's buffers, and the
+    # teacher's must outlive it.
+    copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree),
+                   out_shardings=self.state_shardings.params)
+    params = copy(self.teacher_params)
+    return state.replace(params=params, opt_state=self.tx.init(params))
+
+
+def teacher_run(config) -> ckpt_lib.SavedRun:
+  if not config.distill.teacher:
+    raise DistillError("distill.teacher is empty: give the workdir of a "
+                       "trained IIET run (--config.distill.teacher=DIR).")
+  run = ckpt_lib.saved_run(config.distill.teacher)
+  if run.model.get("arch") != "iiet":
+    raise DistillError(
+        f"The teacher {config.distill.teacher} is a {run.model.get('arch')!r} "
+        f"model (phase {run.model.get('phase')!r}); IIAD distils an IIET "
+        f"teacher into E-IIET. Use a model=iiet run that finished its IIET "
+        f"phase.")
+  return run
+
+
+def choose_iterations(config, model, params, batches) -> dict:
+  """Influence on `batches`, then r_t by `distill.tau` or `distill.budget`."""
+  measured = inf.measure(model, params, batches)
+  d = config.distill
+  if d.budget:
+    counts, tau = selection.by_budget(measured.state_change, d.budget)
+  else:
+    tau = d.tau
+    counts = selection.by_threshold(measured.state_change, tau)
+  teacher_nfe = selection.block_evaluations(model.config.iterations)
+  return {"iterations": list(counts), "tau": tau, "influence":
+          measured.to_json(), "block_evaluations": selection.block_evaluations(
+              counts), "teacher_block_evaluations": teacher_nfe}
+
+
+def build(config, batch_keys, loaders, workdir) -> DistillTraining:
+  """The student's Training, with the teacher loaded and r_t decided."""
+  d = config.distill
+  run = teacher_run(config)
+  teacher_cfg = run.model_config(dtype=config.model.dtype,
+                                 remat_policy=config.model.remat_policy)
+  base = build_training(_with_model(config, teacher_cfg),
+                        batch_keys=batch_keys)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      base.abstract_state.params, base.state_shardings.params)
+  teacher_params = ckpt_lib.restore_params(run, abstract)
+  chosen = _resumed_iterations(workdir)
+  if chosen is None:
+    batches = loaders.validation[:d.influence_batches]
+    chosen = choose_iterations(config, base.model, teacher_params, batches)
+    logging.info("IIAD selection: %s", json.dumps(
+        {k: v for k, v in chosen.items() if k != "influence"}))
+  student_cfg = dataclasses.replace(teacher_cfg,
+                                    iterations=tuple(chosen["iterations"]))
+  student = build_training(_with_model(config, student_cfg),
+                           batch_keys=batch_keys)
+  objective = distill_objective(student.model, base.model, d.kl_weight,
+                                d.temperature, config.z_loss)
+  train_fn = step_lib.make_train_step(student.model, student.tx,
+                                      student.schedule, config.micro_batches,
+                                      config.z_loss, objective=objective)
+  sharded = step_lib.ShardedStep(
+      train_fn, student.mesh, student.rules,
+      in_shardings=(student.state_shardings,
+                    step_lib.batch_shardings(batch_keys, student.mesh,
+                                             student.rules),
+                    student.state_shardings.params),
+      out_shardings=(student.state_shardings,
+                     jax.sharding.NamedSharding(student.mesh,
+                                                jax.sharding.PartitionSpec())),
+      donate_argnums=(0,))
+  fields = {f.name: getattr(student, f.name)
+            for f in dataclasses.fields(Training)}
+  fields["train_step"] = lambda state, batch: sharded(state, batch,
+                                                      teacher_params)
+  return DistillTraining(**fields, teacher_params=teacher_params,
+                         teacher_eval=base.eval_step, selection=chosen,
+                         teacher_iterations=teacher_cfg.iterations)
+
+
+def _with_model(config, model_cfg):
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    # A whole new block: per-layer iterations are a tuple where the
+    # config may hold an int.
+    out.model = ml_collections.ConfigDict(model_cfg.to_dict())
+  return out
+
+
+def _resumed_iterations(workdir) -> dict | None:
+  """r_t of an existing student checkpoint in `workdir`, if any."""
+  directory = workdir / "checkpoints"
+  if not directory.is_dir():
+    return None
+  try:
+    run = ckpt_lib.saved_run(str(directory))
+  except ckpt_lib.CheckpointError:
+    return None
+  return {"iterations": list(run.model["iterations"]), "resumed": True}
+
+
+def phases(config) -> list:
+  from iiet_jax.stages.pretrain import Phase, PlanError
+  if config.total_steps < 1:
+    raise PlanError(f"total_steps={config.total_steps} must be >= 1.")
+  return [Phase(PHASE, 0, config.total_steps, config, build=build)]
