@@ -1,12 +1,18 @@
-"""Command line: `iiet train`, `iiet sweep` (or `python -m iiet_jax.main`).
+"""Command line: `iiet COMMAND` (or `python -m iiet_jax.main COMMAND`).
 
-  python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny \
-      --workdir=runs/tiny [--config.KEY=VALUE ...]
-  iiet train --config=... --workdir=DIR [--config.KEY=VALUE ...]
+  iiet train --config=configs/lm.py:model=iiet,size=tiny --workdir=DIR \
+      [--config.KEY=VALUE ...]             (the default command)
   iiet sweep --config=... --workdir=ROOT [--sweep_dry_run]
+  iiet influence --workdir=TEACHER [--batches=4] [--ablation]
+      [--tau=0.05 | --budget=0.5]          (prints the E-IIET selection)
+  iiet distill --config=... --workdir=STUDENT --config.distill.teacher=DIR
+      [--dry_run]                          (IIAD; --dry_run only selects)
+  iiet generate --workdir=DIR --prompt="def " [--max_new_tokens=64]
+      [--temperature=0.8 --top_k=0 --top_p=0.95 --seed=0]
 
-`train` (the default command) runs or resumes the configured run in
-`--workdir` (iiet_jax/train/loop.py) and prints a summary at the end.
+`train` runs or resumes the configured run in `--workdir`
+(iiet_jax/train/loop.py) and prints a summary at the end; `distill` is
+`train` with `--config.stage=distill`.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ml_collections import config_flags
 
 from iiet_jax import overrides
 
-COMMANDS = ("train", "sweep")
+COMMANDS = ("train", "sweep", "influence", "distill", "generate")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py:model=iiet,size=tiny.",
@@ -29,6 +35,21 @@ _WORKDIR = flags.DEFINE_string(
     "existing one is resumed.")
 _SWEEP_DRY_RUN = flags.DEFINE_bool(
     "sweep_dry_run", False, "sweep: print one command per run, run nothing.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "distill: measure influence and print the selection, "
+    "train nothing.")
+_BATCHES = flags.DEFINE_integer("batches", 4, "influence: validation batches.")
+_ABLATION = flags.DEFINE_bool("ablation", False, "influence: also measure "
+                              "the loss increase of stopping each iteration.")
+_TAU = flags.DEFINE_float("tau", None, "influence: selection threshold.")
+_BUDGET = flags.DEFINE_float("budget", None, "influence: share of all "
+                             "iterations to keep (instead of --tau).")
+_PROMPT = flags.DEFINE_string("prompt", "", "generate: the text to continue.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 64, "generate: length.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "generate: 0 = greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "generate: 0 = no top-k cut.")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "generate: nucleus mass.")
+_SEED = flags.DEFINE_integer("seed", 0, "generate: sampling seed.")
 
 
 def print_summary(s: dict) -> None:
@@ -46,6 +67,10 @@ def print_summary(s: dict) -> None:
 def main(argv, command: str) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if command in ("influence", "generate"):
+    if not _WORKDIR.value:
+      raise app.UsageError(f"{command} needs --workdir: a trained run.")
+    return run_on_saved(command)
   if _CONFIG.value is None:
     raise app.UsageError(
         "--config is required, e.g. --config=configs/lm.py:model=iiet,size=tiny")
@@ -69,11 +94,19 @@ def main(argv, command: str) -> None:
   from iiet_jax.parallel import multihost
   from iiet_jax.parallel.mesh import MeshError
   from iiet_jax.parallel.sharding import ShardingError
+  from iiet_jax.iiad.influence import InfluenceError
+  from iiet_jax.iiad.selection import SelectionError
+  from iiet_jax.stages.distill import DistillError
   from iiet_jax.stages.merge import MergeError
   from iiet_jax.stages.pretrain import PlanError
   from iiet_jax.train import loop
 
   multihost.initialize()
+  if command == "distill" and _DRY_RUN.value:
+    d = _CONFIG.value.distill
+    return run_on_saved("influence", workdir=d.teacher,
+                        batches=d.influence_batches, tau=d.tau,
+                        budget=d.budget or None)
   try:
     summary = loop.train(_CONFIG.value, _WORKDIR.value)
   except (ConfigError, MeshError, ShardingError, PlanError) as err:
@@ -82,7 +115,31 @@ def main(argv, command: str) -> None:
     sys.exit(f"Data error: {err}")
   except (checkpoint.CheckpointError, MergeError) as err:
     sys.exit(f"Checkpoint error: {err}")
+  except (DistillError, InfluenceError, SelectionError) as err:
+    sys.exit(f"Distill error: {err}")
   print_summary(summary)
+
+
+def run_on_saved(command: str, workdir: str | None = None, batches=None,
+                 tau=None, budget=None) -> None:
+  """influence / generate: commands that read a finished run."""
+  from iiet_jax import checkpoint, commands
+  from iiet_jax.iiad.influence import InfluenceError
+  from iiet_jax.iiad.selection import SelectionError
+  from iiet_jax.decode import GenerateError
+  workdir = workdir or _WORKDIR.value
+  try:
+    if command == "influence":
+      commands.influence(workdir, batches or _BATCHES.value, _ABLATION.value,
+                         _TAU.value if tau is None else tau,
+                         _BUDGET.value if budget is None else budget)
+    else:
+      print(commands.generate(workdir, _PROMPT.value, _MAX_NEW.value,
+                              _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
+                              _SEED.value))
+  except (checkpoint.CheckpointError, FileNotFoundError, InfluenceError,
+          SelectionError, GenerateError, ValueError) as err:
+    sys.exit(f"{command} error: {err}")
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -94,6 +151,8 @@ def run(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
       sys.exit(f"Unknown command {command!r}; choose one of "
                f"{', '.join(COMMANDS)}.")
+    if command == "distill":
+      argv.append("--config.stage=distill")
   spec = overrides.config_spec(argv)
   keys = overrides.override_keys(argv)
   if spec and keys:
