@@ -51,6 +51,22 @@ def test_main_job_two_stage_on_the_stdlib_corpus(tmp_path):
   assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()
                 if p.name.isdigit()) == ["4", "6", "8"]
 
+  # The finished run reads back: influence of its iterations, generation.
+  out = _run(["influence", f"--workdir={relative}", "--batches=1",
+              "--tau=0.0"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "selection  tau=0: r_t = [1, 1, 1, 1]" in out.stdout
+  assert "block evaluations per token 8 (teacher 8)" in out.stdout
+  result = json.loads((tmp_path / "run" / "influence.json").read_text())
+  assert len(result["state_change"]) == 4
+  png = (tmp_path / "run" / "influence.png").read_bytes()
+  assert png.startswith(b"\x89PNG") and png[16:24] == bytes(
+      [0, 0, 0, 28, 0, 0, 0, 112])  # 1 iteration x 4 layers of 28 px
+  out = _run(["generate", f"--workdir={relative}", "--prompt=def main(",
+              "--max_new_tokens=8", "--temperature=0.8", "--seed=1"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.startswith("def main(")
+
 
 def test_unknown_override_key_lists_the_closest(tmp_path):
   out = _run(["--config=configs/lm.py:model=iiet,size=tiny",
@@ -124,6 +140,27 @@ def test_killed_and_terminated_runs_resume_exactly(tmp_path):
     for step, values in losses.items():
       # Steps trained twice (after the last checkpoint) agree as well.
       assert values == [full[step][0]] * len(values), (name, step)
+
+
+def test_iiad_commands_on_a_token_record_run(tmp_path):
+  teacher = _run([_config(tmp_path), f"--workdir={tmp_path}/teacher",
+                  "--config.total_steps=2"])
+  assert teacher.returncode == 0, teacher.stderr[-3000:]
+  out = _run(["distill", _config(tmp_path), f"--workdir={tmp_path}/student",
+              f"--config.distill.teacher={tmp_path}/teacher",
+              "--config.distill.budget=0.5", "--dry_run"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "block evaluations per token 4 (teacher 6)" in out.stdout
+  assert not (tmp_path / "student").exists()  # nothing trained
+  bad = _run(["influence", f"--workdir={tmp_path}/teacher", "--tau=1.5"])
+  assert bad.returncode != 0 and "tau=1.5 is outside" in bad.stderr
+  gen = _run(["generate", f"--workdir={tmp_path}/teacher", "--prompt=x"])
+  assert gen.returncode != 0 and "no tokenizer" in gen.stderr
+  pc = _run([_config(tmp_path, "pcformer"), f"--workdir={tmp_path}/pc",
+             "--config.total_steps=2"])
+  assert pc.returncode == 0, pc.stderr[-3000:]
+  out = _run(["influence", f"--workdir={tmp_path}/pc"])
+  assert out.returncode != 0 and "apply to IIET models" in out.stderr
 
 
 def test_workdir_of_another_architecture_is_refused(tmp_path):
