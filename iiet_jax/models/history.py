@@ -73,14 +73,15 @@ class HistoryLayer(nn.Module):
     self.corrector_norm = LayerNorm(self.config)    # LNc_t
 
   def correct(self, s_BTD, w_prefix_BTD, layer_xs, positions_BT,
-              segment_ids_BT, kv=None):
+              segment_ids_BT, cache=None):
     """One implicit step: S_t <- LNc_t(B_t(sum_j W[t, j] S_j)).
 
-    Returns (S_t, kv), kv the step's own cache slot when decoding."""
+    Returns (S_t, new keys and values); decoding reads the step's own slot
+    `cache`."""
     u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD,
                         self.config.compute_dtype)
-    b_BTD, kv = self.block(u_BTD, positions_BT, segment_ids_BT, kv)
-    return self.corrector_norm(b_BTD), kv
+    b_BTD, new_kv = self.block(u_BTD, positions_BT, segment_ids_BT, cache)
+    return self.corrector_norm(b_BTD), new_kv
 
   def output(self, s_BTD, c_prefix_BTD, layer_xs):
     """h_t = sum_j Wc[t, j] S_j."""
@@ -92,7 +93,7 @@ def history_decoder(config: ModelConfig, core, h0_BTD, positions_BT,
                     segment_ids_BT, shared=None, layer_xs=None, kv=None):
   """Runs `core` over the layers with the history; call inside a compact
   `__call__` (creates the `history` and `stack` submodules). Returns
-  (h_L, kv), kv the updated cache when decoding."""
+  (h_L, new keys and values [L, E, B, T, N, H] when decoding with `kv`)."""
   xs, accumulators = History(config, name="history")(h0_BTD)
   xs.update(layer_xs or {})
   (h_BTD, _, _), kv = LayerStack(config, core, history=True, name="stack")(

@@ -11,11 +11,12 @@ past its own r_t leave S_t unchanged (`jnp.where`), which is exact but costs
 the compute of max(r_t) iterations; uniform counts pay nothing extra.
 
 Decoding gives every block evaluation its own KV cache slot: slot 0 the
-predictor, slot k the k-th iteration (carried through the iteration scan as
-xs/ys). At an earlier position the predictor and each iteration saw different
-inputs, so one shared slot (the last iteration's, as in the authors' release)
-would not reproduce this forward. Slots of masked iterations get written but
-are read only by those iterations, whose results are dropped.
+predictor, slot k the k-th iteration (its new keys and values leave the
+iteration scan as ys). At an earlier position the predictor and each
+iteration saw different inputs, so one shared slot (the last iteration's, as
+in the authors' release) would not reproduce this forward. Slots of masked
+iterations get written but are read only by those iterations, whose results
+are dropped; slots past an unrolled layer's r_t get zeros.
 """
 
 from __future__ import annotations
@@ -35,12 +36,12 @@ class IIETLayer(HistoryLayer):
   """Layer core: predictor, r_t implicit iterations, history output mix."""
 
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
-               segment_ids_BT, kv=None):
+               segment_ids_BT, cache=None):
     del shared
     cfg = self.config
     w_prefix_BTD, c_prefix_BTD = prefix
     b_BTD, predictor_kv = self.block(h_BTD, positions_BT, segment_ids_BT,
-                                     kv_slot(kv, 0))
+                                     kv_slot(cache, 0))
     s_BTD = self.predictor_norm(b_BTD)
     predictor_BTD = s_BTD
 
@@ -49,37 +50,38 @@ class IIETLayer(HistoryLayer):
     else:
       num_iterations, masked = cfg.max_iterations, not cfg.uniform_iterations
 
-    def iterate(layer, s_BTD, xs):
-      k, kv_k = xs
-      new_BTD, kv_k = layer.correct(s_BTD, w_prefix_BTD, layer_xs,
-                                    positions_BT, segment_ids_BT, kv_k)
+    def iterate(layer, s_BTD, k):
+      new_BTD, new_kv = layer.correct(s_BTD, w_prefix_BTD, layer_xs,
+                                      positions_BT, segment_ids_BT,
+                                      kv_slot(cache, k + 1))
       if masked:
         new_BTD = jnp.where(k < layer_xs["iterations"], new_BTD, s_BTD)
       layer.sow("intermediates", "iterates", new_BTD)
-      return new_BTD, kv_k
+      return new_BTD, new_kv
 
-    iteration_kv = None
-    if kv is not None:
-      iteration_kv = jax.tree.map(lambda a: a[1:1 + num_iterations], kv)
+    new_kvs = [] if predictor_kv is None else [
+        jax.tree.map(lambda a: a[None], predictor_kv)]
     if num_iterations > 0:
       s_BTD, iteration_kv = nn.scan(iterate, variable_broadcast="params",
                                     variable_axes={"intermediates": 0},
                                     split_rngs={"params": False},
                                     length=num_iterations,
                                     unroll=cfg.unroll_iterations)(
-          self, s_BTD, (jnp.arange(num_iterations), iteration_kv))
+          self, s_BTD, jnp.arange(num_iterations))
+      new_kvs += [] if iteration_kv is None else [iteration_kv]
     elif self.is_initializing():
       self.corrector_norm(s_BTD)  # LNc_t exists even when r_t = 0.
     # S_t^(0) and (above) S_t^(1..r): read by IIAD's influence measure
     # (SPEC.md 5) through the "intermediates" collection, free when that is
     # not mutable. Sown after the loop, which must find the collection empty.
     self.sow("intermediates", "predictor", predictor_BTD)
-    if kv is not None:
-      # Slots past this layer's r_t (unrolled E-IIET) stay as they were.
-      kv = jax.tree.map(lambda a, p, it: jnp.concatenate(
-          [p[None], it, a[1 + num_iterations:]]), kv, predictor_kv,
-          iteration_kv)
-    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD, kv
+    new_kv = None
+    if cache is not None:
+      unused = cache.kv.key.shape[1] - 1 - num_iterations
+      new_kvs.append(jax.tree.map(
+          lambda a: jnp.zeros((unused,) + a.shape[1:], a.dtype), new_kvs[0]))
+      new_kv = jax.tree.map(lambda *a: jnp.concatenate(a), *new_kvs)
+    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD, new_kv
 
 
 class IIETDecoder(nn.Module):
@@ -88,7 +90,8 @@ class IIETDecoder(nn.Module):
   @nn.compact
   def __call__(self, h0_BTD: Array, positions_BT: Array,
                segment_ids_BT: Array | None, kv: KVCache | None = None):
-    """Returns (h_L, kv): the [L, 1 + max r_t, ...] cache, None in training."""
+    """Returns (h_L, new keys and values [L, 1 + max r_t, B, T, N, H] or
+    None)."""
     iterations = jnp.asarray(self.config.iterations, jnp.int32)
     return history_decoder(self.config, IIETLayer, h0_BTD, positions_BT,
                            segment_ids_BT, layer_xs={"iterations": iterations},

@@ -93,36 +93,71 @@ def apply_rope(x_BTNH: Array, positions_BT: Array, base: float) -> Array:
 
 
 class KVCache(NamedTuple):
-  """Keys and values of block evaluations at every cache position.
+  """Keys and values of block evaluations, leaves [..., B, S, N, H].
 
-  Leaves are [..., B, S, N, H] (S the fixed cache length): one block
-  evaluation's slot in `Attention`, [E, ...] for the E evaluations of a layer
-  in a layer core, [L, E, ...] for the whole model.
+  The model's cache is [L, E, B, S, N, H]: one slot per (layer, block
+  evaluation), S positions. New entries travel as [..., B, T, N, H].
   """
   key: Array
   value: Array
 
 
-def kv_slot(kv: KVCache | None, e: int) -> KVCache | None:
-  """Evaluation e's slot of a layer's [E, ...] cache (None without a cache)."""
-  return None if kv is None else jax.tree.map(lambda a: a[e], kv)
+class LayerCache(NamedTuple):
+  """The model's cache as one layer reads it: `slot(e)` is evaluation e's
+  [B, S, N, H]. Indexing the whole cache here, not slicing it per layer and
+  per iteration, keeps decoding free of cache copies."""
+  kv: KVCache
+  layer: Array | int
+
+  def slot(self, e) -> KVCache:
+    return KVCache(self.kv.key[self.layer, e], self.kv.value[self.layer, e])
 
 
-def kv_stack(slots: Sequence[KVCache | None]) -> KVCache | None:
-  """Slots back into a layer's [E, ...] cache."""
-  if slots[0] is None:
+def kv_slot(cache: LayerCache | None, e) -> KVCache | None:
+  """Evaluation e's slot (None without a cache)."""
+  return None if cache is None else cache.slot(e)
+
+
+def kv_stack(entries: Sequence[KVCache | None]) -> KVCache | None:
+  """Per-evaluation new entries -> one [E, ...] KVCache (None in training)."""
+  if entries[0] is None:
     return None
-  return jax.tree.map(lambda *a: jnp.stack(a), *slots)
+  return jax.tree.map(lambda *a: jnp.stack(a), *entries)
 
 
-def write_kv(kv: KVCache, k_BTNH: Array, v_BTNH: Array,
-             start_B: Array) -> KVCache:
-  """Writes T new keys and values into each row's cache from `start_B` on."""
-  def write(cache_BSNH, new_BTNH):
-    put = lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (s, 0, 0))
-    return jax.vmap(put)(cache_BSNH, new_BTNH.astype(cache_BSNH.dtype),
-                         start_B)
-  return KVCache(write(kv.key, k_BTNH), write(kv.value, v_BTNH))
+def write_kv(kv: KVCache, new: KVCache, start_B: Array) -> KVCache:
+  """Writes new entries [L, E, B, T, N, H] into the cache [L, E, B, S, N, H]
+  at positions start_B[b].. of each row (in place inside a jitted loop)."""
+  def write(cache, new):
+    put = lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (0, 0, s, 0, 0))
+    return jax.vmap(put, in_axes=(2, 2, 0), out_axes=2)(
+        cache, new.astype(cache.dtype), start_B)
+  return jax.tree.map(write, kv, new)
+
+
+def cached_attention(q_BTNH: Array, k_BTNH: Array, v_BTNH: Array,
+                     cache: KVCache, start_B: Array) -> Array:
+  """Attention of new tokens at start_B[b].. to the cache positions before
+  them and, causally, to each other; float32 softmax like the training path.
+
+  The cache is read where it lies: new keys join through the softmax, not by
+  writing them into a copy of the slot first."""
+  S, T = cache.key.shape[1], q_BTNH.shape[1]
+  f32 = jnp.float32
+  scale = q_BTNH.shape[-1] ** -0.5
+  old_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, cache.key,
+                        preferred_element_type=f32) * scale
+  new_BNTT = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BTNH,
+                        preferred_element_type=f32) * scale
+  # Cache positions from start_B on are stale or empty.
+  before_B11S = (jnp.arange(S) < start_B[:, None])[:, None, None, :]
+  causal_TT = jnp.tril(jnp.ones((T, T), bool))
+  logits_BNTX = jnp.concatenate(
+      [jnp.where(before_B11S, old_BNTS, -jnp.inf),
+       jnp.where(causal_TT, new_BNTT, -jnp.inf)], axis=-1)
+  probs_BNTX = jax.nn.softmax(logits_BNTX, axis=-1).astype(v_BTNH.dtype)
+  return (jnp.einsum("bnts,bsnh->btnh", probs_BNTX[..., :S], cache.value) +
+          jnp.einsum("bnts,bsnh->btnh", probs_BNTX[..., S:], v_BTNH))
 
 
 class Attention(nn.Module):
@@ -132,17 +167,17 @@ class Attention(nn.Module):
   fused kernel (cuDNN on GPU) where the hardware has one. With `segment_ids`,
   tokens attend only within their own packed document.
 
-  Decoding: with a `kv` slot the new keys and values are written at
-  `positions_BT` (contiguous per row) and the queries attend to every cache
-  position up to their own, so earlier tokens come from the cache. Returns
-  (out, updated kv); kv stays None in training.
+  Decoding: with a `cache` slot [B, S, N, H], the tokens sit at
+  `positions_BT` (contiguous per row) and attend to the cache before them and
+  to each other. Returns (out, their new keys and values [B, T, N, H]), the
+  latter None in training.
   """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BTD: Array, positions_BT: Array,
                segment_ids_BT: Array | None,
-               kv: KVCache | None = None) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
     cfg = self.config
     dt = cfg.compute_dtype
     D, N, H = cfg.d_model, cfg.num_heads, cfg.head_dim
@@ -156,7 +191,8 @@ class Attention(nn.Module):
     q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_base)
     k_BTNH = apply_rope(k_BTNH, positions_BT, cfg.rope_base)
 
-    if kv is None:
+    new_kv = None
+    if cache is None:
       impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
       mask = None
       if segment_ids_BT is not None:
@@ -168,18 +204,13 @@ class Attention(nn.Module):
     else:
       if segment_ids_BT is not None:
         raise ValueError("decoding with a KV cache takes no segment_ids")
-      kv = write_kv(kv, k_BTNH, v_BTNH, positions_BT[:, 0])
-      # Cache slots past a query's own position are stale or empty.
-      S = kv.key.shape[1]
-      mask_B1TS = (jnp.arange(S)[None, None, None, :] <=
-                   positions_BT[:, None, :, None])
-      # The fused kernels want a causal T x T problem; this one is T x S.
-      out_BTNH = jax.nn.dot_product_attention(
-          q_BTNH, kv.key, kv.value, mask=mask_B1TS, implementation="xla")
+      out_BTNH = cached_attention(q_BTNH, k_BTNH, v_BTNH, cache,
+                                  positions_BT[:, 0])
+      new_kv = KVCache(k_BTNH, v_BTNH)
     out_BTNH = checkpoint_name(constrain(out_BTNH, BTNH), "attention_out")
     w_NHD = param(self, "out", (N, H, D), ("heads", "kv", "embed"))
     out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, w_NHD.astype(dt))
-    return constrain(out_BTD, BTD), kv
+    return constrain(out_BTD, BTD), new_kv
 
 
 class MLP(nn.Module):
@@ -204,19 +235,21 @@ class MLP(nn.Module):
 class DecoderBlock(nn.Module):
   """B_t(x): a = x + Attn(RMSNorm(x)); B_t(x) = a + MLP(RMSNorm(a)).
 
-  Returns (B_t(x), kv): the evaluation's KV cache slot, updated when decoding.
+  Returns (B_t(x), new keys and values): decoding reads this evaluation's
+  `cache` slot and hands back the entries for the new tokens (None in
+  training).
   """
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BTD: Array, positions_BT: Array,
                segment_ids_BT: Array | None,
-               kv: KVCache | None = None) -> tuple[Array, KVCache | None]:
+               cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
     x_BTD = constrain(x_BTD, BTD)
-    attn, kv = Attention(self.config, name="attention")(
+    attn, new_kv = Attention(self.config, name="attention")(
         RMSNorm(self.config, name="attention_norm")(x_BTD), positions_BT,
-        segment_ids_BT, kv)
+        segment_ids_BT, cache)
     a_BTD = x_BTD + attn
     out = a_BTD + MLP(self.config, name="mlp")(
         RMSNorm(self.config, name="mlp_norm")(a_BTD))
-    return checkpoint_name(constrain(out, BTD), "block_out"), kv
+    return checkpoint_name(constrain(out, BTD), "block_out"), new_kv

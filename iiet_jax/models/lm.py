@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from iiet_jax.models.config import ModelConfig
 from iiet_jax.models.iiet import IIETDecoder
 from iiet_jax.models.layers import (BTD, BTV, KVCache, RMSNorm, constrain,
-                                    param)
+                                    param, write_kv)
 from iiet_jax.models.pcformer import PCformerDecoder
 from iiet_jax.models.transformer import TransformerDecoder
 
@@ -60,11 +60,11 @@ class LanguageModel(nn.Module):
   def decode(self, tokens_BT: Array, positions_BT: Array,
              kv: KVCache) -> tuple[Array, KVCache]:
     """New tokens at `positions_BT` (contiguous per row) against a KV cache
-    [L, E, B, S, N, H]: their keys and values go into the cache at those
-    positions, they attend to cache positions up to their own. Returns
-    (logits [B, T, V], updated cache)."""
-    h_BTD, kv = self.decoder(self.embed(tokens_BT), positions_BT, None, kv)
-    return self.head_logits(h_BTD), kv
+    [L, E, B, S, N, H]: they attend to the cache positions before them and to
+    each other, and their keys and values are written at their positions.
+    Returns (logits [B, T, V], updated cache)."""
+    h_BTD, new_kv = self.decoder(self.embed(tokens_BT), positions_BT, None, kv)
+    return self.head_logits(h_BTD), write_kv(kv, new_kv, positions_BT[:, 0])
 
   def logits_from_embeddings(self, h0_BTD: Array,
                              positions_BT: Array | None = None,

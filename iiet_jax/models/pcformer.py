@@ -36,18 +36,18 @@ class PCformerLayer(HistoryLayer):
   """Layer core: RK predictor, one corrector step, history output mix."""
 
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
-               segment_ids_BT, kv=None):
+               segment_ids_BT, cache=None):
     cfg = self.config
     w_prefix_BTD, c_prefix_BTD = prefix
     y32 = h_BTD.astype(jnp.float32)
     stages = [jnp.zeros_like(y32)]
-    slots = []  # cache slot e: block evaluation e (RK stages, then corrector)
+    new_kvs = []  # cache slot e: block evaluation e (RK stages, corrector)
     for k, (src, factor) in enumerate(stage_inputs(cfg.pc_order)):
       x_BTD = (y32 + factor * stages[src]).astype(cfg.compute_dtype) if src \
           else h_BTD
-      b_BTD, slot = self.block(x_BTD, positions_BT, segment_ids_BT,
-                               kv_slot(kv, k))
-      slots.append(slot)
+      b_BTD, new_kv = self.block(x_BTD, positions_BT, segment_ids_BT,
+                                 kv_slot(cache, k))
+      new_kvs.append(new_kv)
       f32 = layer_norm(b_BTD, shared["rk_scale"][k], shared["rk_bias"][k],
                        cfg.ln_eps)
       stages.append(f32)
@@ -56,10 +56,12 @@ class PCformerLayer(HistoryLayer):
     for c, f32 in zip(ema_coefficients(alpha, cfg.pc_order), stages[1:]):
       p32 = p32 + c * f32
     s_BTD = self.predictor_norm(p32)
-    s_BTD, slot = self.correct(s_BTD, w_prefix_BTD, layer_xs, positions_BT,
-                               segment_ids_BT, kv_slot(kv, cfg.pc_order))
-    slots.append(slot)
-    return self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD, kv_stack(slots)
+    s_BTD, new_kv = self.correct(s_BTD, w_prefix_BTD, layer_xs,
+                                 positions_BT, segment_ids_BT,
+                                 kv_slot(cache, cfg.pc_order))
+    new_kvs.append(new_kv)
+    return (self.output(s_BTD, c_prefix_BTD, layer_xs), s_BTD,
+            kv_stack(new_kvs))
 
 
 class PCformerDecoder(nn.Module):
@@ -68,7 +70,8 @@ class PCformerDecoder(nn.Module):
   @nn.compact
   def __call__(self, h0_BTD: Array, positions_BT: Array,
                segment_ids_BT: Array | None, kv: KVCache | None = None):
-    """Returns (h_L, kv): the [L, order + 1, ...] cache, None in training."""
+    """Returns (h_L, new keys and values [L, order + 1, B, T, N, H] or
+    None)."""
     cfg = self.config
     order, d = cfg.pc_order, cfg.d_model
     shared = {

@@ -19,11 +19,11 @@ class TransformerLayer(nn.Module):
 
   @nn.compact
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
-               segment_ids_BT, kv=None):
+               segment_ids_BT, cache=None):
     del prefix, layer_xs, shared
-    h_BTD, slot = DecoderBlock(self.config, name="block")(
-        h_BTD, positions_BT, segment_ids_BT, kv_slot(kv, 0))
-    return h_BTD, None, kv_stack([slot])
+    h_BTD, new_kv = DecoderBlock(self.config, name="block")(
+        h_BTD, positions_BT, segment_ids_BT, kv_slot(cache, 0))
+    return h_BTD, None, kv_stack([new_kv])
 
 
 class TransformerDecoder(nn.Module):
@@ -32,6 +32,6 @@ class TransformerDecoder(nn.Module):
   @nn.compact
   def __call__(self, h0_BTD: Array, positions_BT: Array,
                segment_ids_BT: Array | None, kv: KVCache | None = None):
-    """Returns (h_L, kv): the [L, 1, ...] cache, None in training."""
+    """Returns (h_L, new keys and values [L, 1, B, T, N, H] or None)."""
     return LayerStack(self.config, TransformerLayer, name="stack")(
         h0_BTD, {}, None, positions_BT, segment_ids_BT, kv)
