@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: the tiny two-stage IIET on CPU.
-#   bash launch/local.sh [--workdir=DIR] [--config=configs/lm.py:model=NAME,size=SIZE] [--config.KEY=VALUE ...]
-# First run installs everything into ./.venv (about a minute). The run lives
-# in --workdir (default runs/tiny); running again there resumes it.
+# The main job on the embedded default, on CPU:
+#   1. the tiny two-stage IIET (Transformer++, then IIET) on the stdlib corpus,
+#   2. iteration influence of its IIET iterations and the E-IIET selection,
+#   3. a short IIAD distillation into E-IIET, teacher vs student validation,
+#   4. a sample from the student.
+#   bash launch/local.sh                     # all of the above, in runs/
+#   bash launch/local.sh --config=... [--workdir=DIR] [--config.KEY=VALUE ...]
+#                                            # step 1 only, for that config
+# First run installs everything into ./.venv (about a minute). Runs live in
+# their workdirs; running again resumes (or reports finished runs).
+set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 # A CPU run: keeps JAX from probing for TPUs (libtpu is installed for the
 # AOT check). Set JAX_PLATFORMS yourself to run on an accelerator.
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-if [[ " $* " != *" --config="* ]]; then
-  set -- --config=configs/lm.py:model=iiet,size=tiny "$@"
+if [ "$#" -gt 0 ]; then
+  [[ " $* " == *" --config="* ]] || set -- --config=configs/lm.py:model=iiet,size=tiny "$@"
+  [[ " $* " == *" --workdir="* ]] || set -- --workdir=runs/tiny "$@"
+  exec python -m iiet_jax.main train "$@"
 fi
-if [[ " $* " != *" --workdir="* ]]; then
-  set -- --workdir=runs/tiny "$@"
-fi
-exec python -m iiet_jax.main train "$@"
+CONFIG=configs/lm.py:model=iiet,size=tiny
+echo "=== 1/4 pre-training: Transformer++ then IIET (runs/tiny)"
+python -m iiet_jax.main train --config=$CONFIG --workdir=runs/tiny
+echo "=== 2/4 iteration influence and the E-IIET selection"
+python -m iiet_jax.main influence --workdir=runs/tiny --tau=0.05
+echo "=== 3/4 IIAD distillation into E-IIET (runs/tiny_eiiet)"
+python -m iiet_jax.main distill --config=$CONFIG --workdir=runs/tiny_eiiet \
+  --config.distill.teacher=runs/tiny --config.distill.tau=0.05 \
+  --config.total_steps=150 --config.optimizer.warmup_steps=10 \
+  --config.eval_every=50 --config.checkpoint.every=50
+echo "=== 4/4 a sample from the student"
+python -m iiet_jax.main generate --workdir=runs/tiny_eiiet \
+  --prompt="def main(" --max_new_tokens=48 --temperature=0.7 --top_p=0.9
