@@ -234,13 +234,19 @@ def _reader(directory: epath.Path) -> ocp.CheckpointManager:
                      "config": ocp.JsonCheckpointHandler()})
 
 
-def saved_run(source: str) -> SavedRun:
+def saved_run(source: str, step: int | None = None) -> SavedRun:
+  """Step `step` of a run (default: its newest checkpoint)."""
   directory = checkpoint_dir(source)
   manager = _reader(directory)
-  steps = manager.all_steps()
+  steps = sorted(manager.all_steps())
   if not steps:
     raise CheckpointError(f"{source}: no checkpoint in {directory}.")
-  step = max(steps)
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    manager.close()
+    raise CheckpointError(f"{source} has no checkpoint of step {step}; it "
+                          f"has steps {', '.join(map(str, steps))}.")
   items = manager.restore(step, args=ocp.args.Composite(
       model=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
   manager.close()

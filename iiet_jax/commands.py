@@ -27,11 +27,13 @@ class OpenRun:
   params: object
 
 
-def open_run(workdir: str, batch_keys=("tokens",)) -> OpenRun:
-  """The newest checkpoint of `workdir` as a model with its parameters."""
+def open_run(workdir: str, batch_keys=("tokens",),
+             step: int | None = None) -> OpenRun:
+  """A checkpoint of `workdir` (default: the newest) as a model with its
+  parameters."""
   from iiet_jax.stages.distill import _with_model
   from iiet_jax.train.build import build_training
-  run = ckpt_lib.saved_run(workdir)
+  run = ckpt_lib.saved_run(workdir, step)
   config = _with_model(ml_collections.ConfigDict(run.config),
                        run.model_config())
   with config.unlocked():
@@ -95,17 +97,23 @@ def select(state_change, model_cfg, seq_len: int, tau, budget) -> dict:
           "predicted_cost_ratio": cost}
 
 
-def generate(workdir: str, prompt: str, max_new_tokens: int,
-             temperature: float, top_k: int, top_p: float, seed: int) -> str:
-  """Continues `prompt` with the run's model and tokenizer; returns text."""
-  from iiet_jax import decode
+def run_tokenizer(opened: OpenRun, workdir: str):
+  """The tokenizer the run trained with (its data config says which)."""
   from iiet_jax.data import sources
-  opened = open_run(workdir)
   tokenizer = sources.open_inputs(opened.config.data,
                                   opened.config.model.vocab_size).tokenizer
   if tokenizer is None:
     raise ValueError(f"The run in {workdir} trained on pre-tokenised "
-                     f"records and has no tokenizer to read a prompt with.")
+                     f"records and has no tokenizer to read text with.")
+  return tokenizer
+
+
+def generate(workdir: str, prompt: str, max_new_tokens: int,
+             temperature: float, top_k: int, top_p: float, seed: int) -> str:
+  """Continues `prompt` with the run's model and tokenizer; returns text."""
+  from iiet_jax import decode
+  opened = open_run(workdir)
+  tokenizer = run_tokenizer(opened, workdir)
   ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
   out = decode.generate(
       opened.training.model, opened.params, np.asarray([ids], np.int32),

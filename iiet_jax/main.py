@@ -9,6 +9,12 @@
       [--dry_run]                          (IIAD; --dry_run only selects)
   iiet generate --workdir=DIR --prompt="def " [--max_new_tokens=64]
       [--temperature=0.8 --top_k=0 --top_p=0.95 --seed=0]
+  iiet export --workdir=DIR --out=HF_DIR [--step=N] [--dtype=bfloat16]
+      [--overwrite]                        (Hugging Face / PyTorch folder)
+  iiet score --workdir=DIR --input=FILE.txt|ids.npy [--step=N]
+      [--out=scores.npz]                   (per-token log-probabilities)
+  iiet import --hf=HF_DIR --workdir=NEW [--config=...] [--overwrite]
+                                           (then train with init_from=NEW)
 
 `train` runs or resumes the configured run in `--workdir`
 (iiet_jax/train/loop.py) and prints a summary at the end; `distill` is
@@ -25,7 +31,9 @@ from ml_collections import config_flags
 
 from iiet_jax import overrides
 
-COMMANDS = ("train", "sweep", "influence", "distill", "generate")
+COMMANDS = ("train", "sweep", "influence", "distill", "generate", "export",
+            "score", "import")
+SAVED_RUN_COMMANDS = ("influence", "generate", "export", "score")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/lm.py:model=iiet,size=tiny.",
@@ -50,6 +58,17 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "generate: 0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "generate: 0 = no top-k cut.")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "generate: nucleus mass.")
 _SEED = flags.DEFINE_integer("seed", 0, "generate: sampling seed.")
+_STEP = flags.DEFINE_integer("step", None, "export / score: the checkpoint "
+                             "step (default: the newest).")
+_OUT = flags.DEFINE_string("out", None, "export: the folder to write; "
+                           "score: an .npz for token_ids and logprobs.")
+_EXPORT_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                                  "export: weight dtype.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "export / import: replace "
+                               "a non-empty output folder.")
+_INPUT = flags.DEFINE_string("input", None, "score: a text file or an .npy "
+                             "of token ids [batch, length].")
+_HF = flags.DEFINE_string("hf", None, "import: a Hugging Face folder.")
 
 
 def print_summary(s: dict) -> None:
@@ -67,10 +86,12 @@ def print_summary(s: dict) -> None:
 def main(argv, command: str) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  if command in ("influence", "generate"):
+  if command in SAVED_RUN_COMMANDS:
     if not _WORKDIR.value:
       raise app.UsageError(f"{command} needs --workdir: a trained run.")
     return run_on_saved(command)
+  if command == "import":
+    return import_hf()
   if _CONFIG.value is None:
     raise app.UsageError(
         "--config is required, e.g. --config=configs/lm.py:model=iiet,size=tiny")
@@ -127,9 +148,26 @@ def run_on_saved(command: str, workdir: str | None = None, batches=None,
   from iiet_jax.iiad.influence import InfluenceError
   from iiet_jax.iiad.selection import SelectionError
   from iiet_jax.decode import GenerateError
+  from iiet_jax.export.names import ExportError
+  from iiet_jax.export.score import ScoreError
   workdir = workdir or _WORKDIR.value
   try:
-    if command == "influence":
+    if command == "export":
+      if not _OUT.value:
+        raise app.UsageError("export needs --out: the folder to write.")
+      out = export_lib().export(workdir, _OUT.value, _STEP.value,
+                                _EXPORT_DTYPE.value, _OVERWRITE.value)
+      print(f"exported   {workdir} -> {out}")
+    elif command == "score":
+      if not _INPUT.value:
+        raise app.UsageError("score needs --input: a text file or .npy.")
+      from iiet_jax.export.score import score
+      r = score(workdir, _INPUT.value, _STEP.value, _OUT.value)
+      print(f"scored     {r['tokens_scored']:,} tokens in {r['rows']} rows "
+            f"(step {r['step']}): mean NLL {r['mean_nll']:.4f}, perplexity "
+            f"{r['perplexity']:.2f}" + (f"; written {r['out']}"
+                                       if _OUT.value else ""))
+    elif command == "influence":
       commands.influence(workdir, batches or _BATCHES.value, _ABLATION.value,
                          _TAU.value if tau is None else tau,
                          _BUDGET.value if budget is None else budget)
@@ -138,8 +176,30 @@ def run_on_saved(command: str, workdir: str | None = None, batches=None,
                               _TEMPERATURE.value, _TOP_K.value, _TOP_P.value,
                               _SEED.value))
   except (checkpoint.CheckpointError, FileNotFoundError, InfluenceError,
-          SelectionError, GenerateError, ValueError) as err:
+          SelectionError, GenerateError, ExportError, ScoreError,
+          ValueError) as err:
     sys.exit(f"{command} error: {err}")
+
+
+def export_lib():
+  from iiet_jax.export import hf_folder
+  return hf_folder
+
+
+def import_hf() -> None:
+  """import: a Hugging Face folder -> a checkpoint in --workdir."""
+  from iiet_jax.export.names import ExportError
+  from iiet_jax.models import ConfigError
+  if not _HF.value or not _WORKDIR.value:
+    raise app.UsageError("import needs --hf=HF_DIR and --workdir=NEW.")
+  spec = overrides.config_spec(sys.argv)
+  try:
+    out = export_lib().import_folder(_HF.value, _WORKDIR.value, spec,
+                                     _OVERWRITE.value)
+  except (ExportError, ConfigError, OSError) as err:
+    sys.exit(f"import error: {err}")
+  print(f"imported   {_HF.value} -> {out} (step 0); continue training with "
+        f"--config.init_from={out}")
 
 
 def run(argv: list[str] | None = None) -> None:

@@ -51,6 +51,11 @@ class Tokenizer:
     return self._sp.get_piece_size()
 
   @property
+  def model_proto(self) -> bytes:
+    """The serialized SentencePiece model (what a .model file holds)."""
+    return self._model_proto
+
+  @property
   def bos_id(self) -> int:
     return self._sp.bos_id()
 

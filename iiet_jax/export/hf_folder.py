@@ -1,0 +1,181 @@
+"""`iiet export` and `iiet import`: a checkpoint <-> a Hugging Face folder.
+
+An export folder holds config.json, generation_config.json,
+model.safetensors (SPEC.md section 6 names), the run's SentencePiece model
+with its tokenizer config, our PyTorch code for IIET / PCformer
+(iiet_jax/pytorch, reached through `auto_map`) and iiet_export.json (where it
+came from). Transformer++ folders load into stock `LlamaForCausalLM`.
+
+Import reads such a folder (ours or any Llama-layout one with these names)
+into a parameters-only Orbax checkpoint, which `iiet train
+--config.init_from=DIR` continues from and every read-only command
+(export, score, generate, influence) opens like a trained run.
+
+Both write into a hidden sibling directory and rename it into place at the
+end, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax import pytorch
+from iiet_jax.export import names, tensor_file
+from iiet_jax.export.names import ExportError
+from iiet_jax.models import ModelConfig
+
+DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
+PYTORCH_DIR = Path(pytorch.__file__).parent
+CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "lm.py"
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+  if out.exists() and not out.is_dir():
+    raise ExportError(f"--out={out} is a file; give a directory.")
+  if out.is_dir() and any(out.iterdir()) and not overwrite:
+    raise ExportError(f"--out={out} is not empty; pass --overwrite to "
+                      f"replace it, or choose a new directory.")
+
+
+def _staged(out: Path):
+  """A fresh hidden sibling of `out` to write into before the rename."""
+  out.parent.mkdir(parents=True, exist_ok=True)
+  stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+  shutil.rmtree(stage, ignore_errors=True)
+  stage.mkdir()
+  return stage
+
+
+def _publish(stage: Path, out: Path) -> None:
+  if out.exists():
+    shutil.rmtree(out)
+  stage.rename(out)
+
+
+def tokenizer_files(folder: Path, tokenizer, max_len: int) -> None:
+  (folder / "tokenizer.model").write_bytes(tokenizer.model_proto)
+  piece = lambda i: tokenizer._sp.id_to_piece(i)  # pylint: disable=protected-access
+  special = {"bos_token": piece(tokenizer.bos_id),
+             "eos_token": piece(tokenizer.eos_id),
+             "unk_token": piece(tokenizer._sp.unk_id()),  # pylint: disable=protected-access
+             "pad_token": piece(tokenizer.pad_id)}
+  _json(folder / "tokenizer_config.json", {
+      "tokenizer_class": "IIETTokenizer",
+      "auto_map": {"AutoTokenizer": ["tokenization_iiet.IIETTokenizer",
+                                     None]},
+      "add_bos_token": True, "add_eos_token": False,
+      "model_max_length": max_len, "clean_up_tokenization_spaces": False,
+      **special})
+  _json(folder / "special_tokens_map.json", special)
+
+
+def _json(path: Path, value) -> None:
+  path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def export(workdir: str, out: str, step: int | None = None,
+           dtype: str = "float32", overwrite: bool = False) -> Path:
+  """Writes the HF folder of `workdir`'s checkpoint `step` (newest)."""
+  from iiet_jax.commands import open_run, run_tokenizer
+  if dtype not in DTYPES:
+    raise ExportError(f"--dtype={dtype!r}; choose one of "
+                      f"{', '.join(DTYPES)}.")
+  out_dir = Path(out).absolute()
+  _check_out(out_dir, overwrite)
+  opened = open_run(workdir, step=step)
+  cfg = opened.training.model.config
+  tokenizer = run_tokenizer(opened, workdir)
+  if tokenizer.vocab_size > cfg.vocab_size:
+    raise ExportError(f"The tokenizer has {tokenizer.vocab_size} pieces but "
+                      f"the model only {cfg.vocab_size} embeddings.")
+  tensors = names.to_hf(jax.device_get(opened.params), cfg)
+  tensors = {k: v.astype(DTYPES[dtype]) for k, v in tensors.items()}
+  stage = _staged(out_dir)
+  try:
+    tensor_file.write(stage / "model.safetensors", tensors)
+    _json(stage / "config.json", names.hf_config(
+        cfg, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, dtype))
+    _json(stage / "generation_config.json", {
+        "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+        "pad_token_id": tokenizer.pad_id,
+        "use_cache": cfg.arch == "transformer"})
+    tokenizer_files(stage, tokenizer, cfg.max_seq_len)
+    for name in pytorch.SHIPPED_FILES:
+      if cfg.arch != "transformer" or name.startswith("tokenization"):
+        shutil.copyfile(PYTORCH_DIR / name, stage / name)
+    _json(stage / "iiet_export.json", {
+        "workdir": str(Path(workdir).absolute()), "step": opened.run.step,
+        "model": opened.run.model, "dtype": dtype})
+    _publish(stage, out_dir)
+  except BaseException:
+    shutil.rmtree(stage, ignore_errors=True)
+    raise
+  return out_dir
+
+
+def _base_config(config_spec: str | None, arch: str
+                 ) -> ml_collections.ConfigDict:
+  """The run config an imported model trains with (configs/lm.py default)."""
+  path, _, arg = (config_spec or str(CONFIG_FILE)).partition(":")
+  if not Path(path).is_file():
+    raise ExportError(f"No config file {path}; pass --config=FILE[:ARG].")
+  spec = importlib.util.spec_from_file_location("import_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or f"model={arch},size=tiny")
+
+
+def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
+                  overwrite: bool = False) -> Path:
+  """Writes `workdir`/checkpoints/0 from the HF folder `hf_dir`."""
+  src = Path(hf_dir)
+  for name in ("config.json", "model.safetensors"):
+    if not (src / name).is_file():
+      raise ExportError(f"--hf={hf_dir} has no {name}; give a folder "
+                        f"written by `iiet export` or save_pretrained.")
+  fields = names.model_config(json.loads((src / "config.json").read_text()))
+  config = _base_config(config_spec, fields["arch"])
+  with config.unlocked():
+    config.model.update(fields)
+    config.switch_at = 0.0
+    config.variant = f"imported from {src.absolute()}"
+  cfg = ModelConfig.from_dict(config.model.to_dict())
+  params = names.from_hf(tensor_file.read(src / "model.safetensors"), cfg)
+  params = jax.tree.map(lambda a: a.astype(cfg.weight_dtype), params)
+
+  out_dir = Path(workdir).absolute()
+  _check_out(out_dir, overwrite)
+  stage = _staged(out_dir)
+  try:
+    if (src / "tokenizer.model").is_file():
+      shutil.copyfile(src / "tokenizer.model", stage / "tokenizer.model")
+      with config.unlocked():
+        config.data.tokenizer = str(out_dir / "tokenizer.model")
+    manager = ocp.CheckpointManager(
+        stage / "checkpoints",
+        options=ocp.CheckpointManagerOptions(create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler(),
+                       "model": ocp.JsonCheckpointHandler()})
+    manager.save(0, args=ocp.args.Composite(
+        state=ocp.args.StandardSave({"params": params}),
+        config=ocp.args.JsonSave(config.to_dict()),
+        model=ocp.args.JsonSave(ckpt_lib.describe(cfg, cfg.arch))))
+    manager.wait_until_finished()
+    manager.close()
+    _publish(stage, out_dir)
+  except BaseException:
+    shutil.rmtree(stage, ignore_errors=True)
+    raise
+  return out_dir
+

@@ -1,0 +1,88 @@
+"""`iiet score`: per-token log-probabilities of a text or of token ids.
+
+Input: a `.npy` array of token ids [batch, length] scored as given, or a text
+file, tokenised with the run's tokenizer as <s> + text and cut into rows of
+the model's context (each row scored on its own). Output: logprobs[b, i] =
+log p(token_ids[b, i + 1] | token_ids[b, :i + 1]); `mask` marks real
+entries (text rows are padded). The model runs in float32 whatever it
+trained in, which is what an exported float32 PyTorch model is compared to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iiet_jax.models import build_model
+
+
+class ScoreError(ValueError):
+  """An input that cannot be scored."""
+
+
+def next_token_logprobs(model, params, tokens_BT) -> np.ndarray:
+  """[B, T-1] float32: log p(tokens[:, i + 1] | tokens[:, :i + 1])."""
+  @jax.jit
+  def run(params, tokens):
+    logits = model.apply({"params": params}, tokens)
+    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), -1)
+    return jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+  return np.asarray(run(params, jnp.asarray(tokens_BT, jnp.int32)))
+
+
+def _rows(path: Path, tokenizer, max_len: int, vocab: int):
+  if path.suffix == ".npy":
+    tokens = np.load(path)
+    if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
+      raise ScoreError(f"{path}: expected integer token ids [batch, length],"
+                       f" got {tokens.dtype} {tokens.shape}.")
+    if tokens.shape[1] < 2 or tokens.shape[1] > max_len:
+      raise ScoreError(f"{path}: length {tokens.shape[1]} must lie in "
+                       f"[2, {max_len}] (the model's context).")
+    if tokens.min() < 0 or tokens.max() >= vocab:
+      raise ScoreError(f"{path}: token ids must lie in [0, {vocab}); found "
+                       f"{tokens.min()}..{tokens.max()}.")
+    return tokens.astype(np.int32), np.ones(tokens.shape, bool)
+  text = path.read_text(encoding="utf-8", errors="replace")
+  ids = [tokenizer.bos_id, *tokenizer.encode(text)]
+  if len(ids) < 2:
+    raise ScoreError(f"{path} holds no text to score.")
+  rows = math.ceil(len(ids) / max_len)
+  tokens = np.full((rows, min(max_len, len(ids))), tokenizer.pad_id,
+                   np.int32)
+  mask = np.zeros(tokens.shape, bool)
+  for r in range(rows):
+    piece = ids[r * max_len:(r + 1) * max_len]
+    tokens[r, :len(piece)] = piece
+    mask[r, :len(piece)] = True
+  return tokens, mask
+
+
+def score(workdir: str, input_path: str, step: int | None = None,
+          out: str | None = None) -> dict:
+  from iiet_jax.commands import open_run, run_tokenizer
+  path = Path(input_path)
+  if not path.is_file():
+    raise ScoreError(f"--input={input_path} is not a file.")
+  opened = open_run(workdir, step=step)
+  cfg = dataclasses.replace(opened.training.model.config, dtype="float32")
+  tokenizer = None if path.suffix == ".npy" else run_tokenizer(opened,
+                                                               workdir)
+  tokens, mask = _rows(path, tokenizer, cfg.max_seq_len, cfg.vocab_size)
+  logprobs = next_token_logprobs(build_model(cfg), opened.params, tokens)
+  scored = mask[:, 1:]
+  logprobs = np.where(scored, logprobs, 0.0).astype(np.float32)
+  count = int(scored.sum())
+  nll = float(-logprobs.sum() / count)
+  result = {"workdir": workdir, "step": opened.run.step, "rows": len(tokens),
+            "tokens_scored": count, "mean_nll": nll,
+            "perplexity": math.exp(nll)}
+  if out:
+    np.savez(out, token_ids=tokens, logprobs=logprobs, mask=scored)
+    result["out"] = out
+  return result
