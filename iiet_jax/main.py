@@ -66,8 +66,9 @@ _EXPORT_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                                   "export: weight dtype.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "export / import: replace "
                                "a non-empty output folder.")
-_INPUT = flags.DEFINE_string("input", None, "score: a text file or an .npy "
-                             "of token ids [batch, length].")
+_INPUT = flags.DEFINE_string("input", None, "score: a text file, an .npy "
+                             "of token ids [batch, length], or an lm-eval "
+                             "samples .jsonl to check.")
 _HF = flags.DEFINE_string("hf", None, "import: a Hugging Face folder.")
 
 
@@ -163,6 +164,13 @@ def run_on_saved(command: str, workdir: str | None = None, batches=None,
         raise app.UsageError("score needs --input: a text file or .npy.")
       from iiet_jax.export.score import score
       r = score(workdir, _INPUT.value, _STEP.value, _OUT.value)
+      if "lm_eval" in r:
+        e = r["lm_eval"]
+        print(f"lm-eval    {e['requests']} requests of {e['documents']} "
+              f"documents (step {r['step']}): accuracy {e['accuracy']:.4f} "
+              f"by our log-likelihoods; max |ours - lm-eval| "
+              f"{e['max_abs_diff']:.2e}")
+        return
       print(f"scored     {r['tokens_scored']:,} tokens in {r['rows']} rows "
             f"(step {r['step']}): mean NLL {r['mean_nll']:.4f}, perplexity "
             f"{r['perplexity']:.2f}" + (f"; written {r['out']}"

@@ -75,6 +75,7 @@ def tokenizer_files(folder: Path, tokenizer, max_len: int) -> None:
                                      None]},
       "add_bos_token": True, "add_eos_token": False,
       "model_max_length": max_len, "clean_up_tokenization_spaces": False,
+      "split_special_tokens": True,
       **special})
   _json(folder / "special_tokens_map.json", special)
 

@@ -6,11 +6,20 @@ the model's context (each row scored on its own). Output: logprobs[b, i] =
 log p(token_ids[b, i + 1] | token_ids[b, :i + 1]); `mask` marks real
 entries (text rows are padded). The model runs in float32 whatever it
 trained in, which is what an exported float32 PyTorch model is compared to.
+
+A third input kind checks lm-evaluation-harness: its `--log_samples` file
+(samples_TASK_*.jsonl) of log-likelihood requests. Every (context,
+continuation) is tokenised the way lm-eval's HF model does (trailing spaces
+of the context move to the continuation; <s> + context + continuation and
+<s> + context encoded separately, the continuation being the tokens of the
+first past the length of the second, scored after the second),
+scored here, and compared with the log-likelihood lm-eval recorded.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -63,6 +72,66 @@ def _rows(path: Path, tokenizer, max_len: int, vocab: int):
   return tokens, mask
 
 
+def lm_eval_requests(path: Path) -> list[dict]:
+  """The log-likelihood requests of an lm-eval samples file, with the
+  log-likelihood lm-eval computed for each."""
+  requests = []
+  for line in path.read_text().splitlines():
+    sample = json.loads(line)
+    for i, (key, args) in enumerate(sorted(sample["arguments"].items())):
+      del key
+      requests.append({"doc_id": sample["doc_id"], "choice": i,
+                       "target": sample.get("target"),
+                       "context": args["arg_0"], "continuation": args["arg_1"],
+                       "lm_eval": float(sample["resps"][i][0][0])})
+  if not requests:
+    raise ScoreError(f"{path} holds no lm-eval samples.")
+  return requests
+
+
+def lm_eval_tokens(tokenizer, context: str, continuation: str):
+  """(context ids, continuation ids) as lm-eval's HF model encodes them."""
+  spaces = len(context) - len(context.rstrip())
+  if spaces:
+    context, continuation = context[:-spaces], context[-spaces:] + \
+        continuation
+  bos = [tokenizer.bos_id]
+  if not context:
+    return bos, tokenizer.encode(continuation)
+  whole = bos + tokenizer.encode(context + continuation)
+  context_ids = bos + tokenizer.encode(context)
+  return context_ids, whole[len(context_ids):]
+
+
+def loglikelihoods(model, params, tokenizer, requests) -> np.ndarray:
+  """Sum of log p(continuation | context) for every request."""
+  pairs = [lm_eval_tokens(tokenizer, r["context"], r["continuation"])
+           for r in requests]
+  length = max(len(c) + len(x) for c, x in pairs)
+  tokens = np.full((len(pairs), length), tokenizer.pad_id, np.int32)
+  for row, (c, x) in enumerate(pairs):
+    tokens[row, :len(c) + len(x)] = c + x
+  logprobs = next_token_logprobs(model, params, tokens)
+  return np.asarray([logprobs[row, len(c) - 1:len(c) + len(x) - 1].sum()
+                     for row, (c, x) in enumerate(pairs)], np.float64)
+
+
+def score_lm_eval(model, params, tokenizer, path: Path, out) -> dict:
+  requests = lm_eval_requests(path)
+  ours = loglikelihoods(model, params, tokenizer, requests)
+  theirs = np.asarray([r["lm_eval"] for r in requests])
+  docs: dict = {}
+  for r, ll in zip(requests, ours):
+    docs.setdefault(r["doc_id"], (r["target"], []))[1].append(ll)
+  correct = [str(int(np.argmax(lls))) == str(target)
+             for target, lls in docs.values()]
+  if out:
+    np.savez(out, loglikelihoods=ours, lm_eval_loglikelihoods=theirs)
+  return {"requests": len(requests), "documents": len(docs),
+          "accuracy": float(np.mean(correct)),
+          "max_abs_diff": float(np.abs(ours - theirs).max())}
+
+
 def score(workdir: str, input_path: str, step: int | None = None,
           out: str | None = None) -> dict:
   from iiet_jax.commands import open_run, run_tokenizer
@@ -71,6 +140,11 @@ def score(workdir: str, input_path: str, step: int | None = None,
     raise ScoreError(f"--input={input_path} is not a file.")
   opened = open_run(workdir, step=step)
   cfg = dataclasses.replace(opened.training.model.config, dtype="float32")
+  if path.suffix == ".jsonl":
+    result = score_lm_eval(build_model(cfg), opened.params,
+                           run_tokenizer(opened, workdir), path, out)
+    return {"workdir": workdir, "step": opened.run.step, "lm_eval": result,
+            **({"out": out} if out else {})}
   tokenizer = None if path.suffix == ".npy" else run_tokenizer(opened,
                                                                workdir)
   tokens, mask = _rows(path, tokenizer, cfg.max_seq_len, cfg.vocab_size)

@@ -4,7 +4,8 @@ Text is encoded by SentencePiece itself, so ids equal those the JAX pipeline
 trained on (identity normalisation, no dummy prefix, byte fallback); a
 converted "fast" tokenizer would re-derive the merges and may split
 differently. Special ids: 0 <pad>, 1 <s> (bos), 2 </s> (eos), 3 <unk>.
-`add_bos_token` (default True) prepends <s> like the training pipeline.
+`add_bos_token` (default True) prepends <s> like the training pipeline;
+special-token strings inside a text are encoded as text, as in training.
 """
 
 import os
@@ -29,6 +30,8 @@ class IIETTokenizer(PreTrainedTokenizer):
     kwargs.setdefault("eos_token", piece(self.sp.eos_id()))
     kwargs.setdefault("unk_token", piece(self.sp.unk_id()))
     kwargs.setdefault("pad_token", piece(self.sp.pad_id()))
+    # "<s>" written in a text is text to SentencePiece; keep it that way.
+    kwargs.setdefault("split_special_tokens", True)
     super().__init__(**kwargs)
 
   @property
@@ -50,7 +53,16 @@ class IIETTokenizer(PreTrainedTokenizer):
     return self.sp.id_to_piece(index)
 
   def convert_tokens_to_string(self, tokens):
-    return self.sp.decode_pieces(tokens)
+    """Pieces to text; special tokens come out as their own strings
+    (SentencePiece alone would drop them)."""
+    special, out, run = set(self.all_special_tokens), [], []
+    for token in tokens:
+      if token in special:
+        out += [self.sp.decode_pieces(run), token]
+        run = []
+      else:
+        run.append(token)
+    return "".join(out + [self.sp.decode_pieces(run)])
 
   def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
     bos = [self.bos_token_id] if self.add_bos_token else []
