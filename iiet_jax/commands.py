@@ -31,10 +31,10 @@ def open_run(workdir: str, batch_keys=("tokens",),
              step: int | None = None) -> OpenRun:
   """A checkpoint of `workdir` (default: the newest) as a model with its
   parameters."""
-  from iiet_jax.stages.distill import _with_model
+  from iiet_jax.stages.distill import with_model
   from iiet_jax.train.build import build_training
   run = ckpt_lib.saved_run(workdir, step)
-  config = _with_model(ml_collections.ConfigDict(run.config),
+  config = with_model(ml_collections.ConfigDict(run.config),
                        run.model_config())
   with config.unlocked():
     config.stage = "pretrain"

@@ -144,13 +144,14 @@ def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
     if not (src / name).is_file():
       raise ExportError(f"--hf={hf_dir} has no {name}; give a folder "
                         f"written by `iiet export` or save_pretrained.")
+  from iiet_jax.stages.distill import with_model
   fields = names.model_config(json.loads((src / "config.json").read_text()))
   config = _base_config(config_spec, fields["arch"])
+  cfg = ModelConfig.from_dict({**config.model.to_dict(), **fields})
+  config = with_model(config, cfg)
   with config.unlocked():
-    config.model.update(fields)
     config.switch_at = 0.0
     config.variant = f"imported from {src.absolute()}"
-  cfg = ModelConfig.from_dict(config.model.to_dict())
   params = names.from_hf(tensor_file.read(src / "model.safetensors"), cfg)
   params = jax.tree.map(lambda a: a.astype(cfg.weight_dtype), params)
 

@@ -130,7 +130,7 @@ def build(config, batch_keys, loaders, workdir) -> DistillTraining:
   run = teacher_run(config)
   teacher_cfg = run.model_config(dtype=config.model.dtype,
                                  remat_policy=config.model.remat_policy)
-  base = build_training(_with_model(config, teacher_cfg),
+  base = build_training(with_model(config, teacher_cfg),
                         batch_keys=batch_keys)
   abstract = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -144,7 +144,7 @@ def build(config, batch_keys, loaders, workdir) -> DistillTraining:
         {k: v for k, v in chosen.items() if k != "influence"}))
   student_cfg = dataclasses.replace(teacher_cfg,
                                     iterations=tuple(chosen["iterations"]))
-  student = build_training(_with_model(config, student_cfg),
+  student = build_training(with_model(config, student_cfg),
                            batch_keys=batch_keys)
   objective = distill_objective(student.model, base.model, d.kl_weight,
                                 d.temperature, config.z_loss)
@@ -170,7 +170,7 @@ def build(config, batch_keys, loaders, workdir) -> DistillTraining:
                          teacher_iterations=teacher_cfg.iterations)
 
 
-def _with_model(config, model_cfg):
+def with_model(config, model_cfg):
   out = config.copy_and_resolve_references()
   with out.unlocked():
     # A whole new block: per-layer iterations are a tuple where the

@@ -1,0 +1,163 @@
+"""`iiet export / score / import` on a trained run, and lm-evaluation-harness
+on the export, offline, against our own JAX log-likelihoods."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_DIR = ROOT / "tests" / "lm_eval_task"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+ENV = {**os.environ, **OFFLINE,
+       "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+MAIN = [sys.executable, "-m", "iiet_jax.main"]
+
+
+def _run(args, cwd=ROOT, timeout=300):
+  return subprocess.run(args, cwd=cwd, env=ENV, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+  """A tiny IIET trained 4 steps on a stdlib slice: checkpoints 2 and 4."""
+  root = tmp_path_factory.mktemp("export_run")
+  out = _run(MAIN + [
+      "--config=configs/lm.py:model=iiet,size=tiny", f"--workdir={root}/run",
+      "--config.model.iterations=2", "--config.switch_at=0",
+      "--config.total_steps=4", "--config.optimizer.warmup_steps=1",
+      "--config.eval_every=4", "--config.checkpoint.every=2",
+      f"--config.data.data_dir={root}", "--config.data.max_files=60",
+      "--config.data.validation_fraction=0.2",
+      "--config.data.tokenizer_sample_chars=300000"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  return root
+
+
+def _export(run_dir, out, *extra):
+  return _run(MAIN + ["export", f"--workdir={run_dir}/run", f"--out={out}",
+                      *extra])
+
+
+def test_export_folder_loads_and_scores_like_jax(run_dir, tmp_path):
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  import sentencepiece as spm
+  out = tmp_path / "hf"
+  res = _export(run_dir, out, "--step=2")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sorted(p.name for p in out.iterdir()) == sorted([
+      "config.json", "generation_config.json", "model.safetensors",
+      "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+      "configuration_iiet.py", "modeling_iiet.py", "tokenization_iiet.py",
+      "iiet_export.json"])
+  assert json.loads((out / "iiet_export.json").read_text())["step"] == 2
+  assert json.loads((out / "config.json").read_text())["iterations"] == \
+      [2, 2, 2, 2]
+
+  tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+  sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+  for text in ("def f(x):\n\treturn x  # ünï 😀\n", "<s> is text", "  a"):
+    assert tok(text)["input_ids"] == [1] + sp.encode(text)
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) \
+        == text
+
+  ids = np.random.default_rng(0).integers(3, 2048, (2, 40))
+  np.save(tmp_path / "ids.npy", ids)
+  res = _run(MAIN + ["score", f"--workdir={run_dir}/run", "--step=2",
+                     f"--input={tmp_path}/ids.npy",
+                     f"--out={tmp_path}/scores.npz"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "perplexity" in res.stdout
+  scores = np.load(tmp_path / "scores.npz")
+  np.testing.assert_array_equal(scores["token_ids"], ids)
+  model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+  with torch.no_grad():
+    logits = model(torch.as_tensor(ids)).logits.double()
+  theirs = torch.log_softmax(logits, -1)[:, :-1].gather(
+      -1, torch.as_tensor(ids[:, 1:])[..., None])[..., 0].numpy()
+  assert np.abs(scores["logprobs"] - theirs).max() < 1e-4
+
+
+def test_export_refusals_leave_nothing_behind(run_dir, tmp_path):
+  res = _export(run_dir, tmp_path / "x", "--step=3")
+  assert res.returncode != 0
+  assert "no checkpoint of step 3; it has steps 2, 4" in res.stderr
+  assert not (tmp_path / "x").exists()
+
+  busy = tmp_path / "busy"
+  busy.mkdir()
+  (busy / "keep.txt").write_text("mine")
+  res = _export(run_dir, busy)
+  assert res.returncode != 0 and "not empty; pass --overwrite" in res.stderr
+  assert [p.name for p in busy.iterdir()] == ["keep.txt"]
+  res = _export(run_dir, busy, "--overwrite", "--dtype=bfloat16")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert not (busy / "keep.txt").exists()
+  assert json.loads((busy / "config.json").read_text())["dtype"] == \
+      "bfloat16"
+  assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def test_failed_export_writes_nothing(run_dir, tmp_path, monkeypatch):
+  from iiet_jax.export import hf_folder, tensor_file
+
+  def broken(*args, **kwargs):
+    raise OSError("disk full")
+  monkeypatch.setattr(tensor_file, "write", broken)
+  with pytest.raises(OSError, match="disk full"):
+    hf_folder.export(f"{run_dir}/run", str(tmp_path / "out"))
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_import_of_an_export_is_the_identity(run_dir, tmp_path):
+  first = tmp_path / "first"
+  assert _export(run_dir, first).returncode == 0
+  res = _run(MAIN + ["import", f"--hf={first}", f"--workdir={tmp_path}/new"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "--config.init_from=" in res.stdout
+  res = _run(MAIN + ["export", f"--workdir={tmp_path}/new",
+                     f"--out={tmp_path}/second"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert (first / "model.safetensors").read_bytes() == \
+      (tmp_path / "second" / "model.safetensors").read_bytes()
+  assert (first / "tokenizer.model").read_bytes() == \
+      (tmp_path / "second" / "tokenizer.model").read_bytes()
+  res = _run(MAIN + ["import", f"--hf={first}", f"--workdir={tmp_path}/new"])
+  assert res.returncode != 0 and "not empty" in res.stderr
+  res = _run(MAIN + ["import", f"--hf={tmp_path}", f"--workdir={tmp_path}/z"])
+  assert res.returncode != 0 and "has no config.json" in res.stderr
+
+
+def test_lm_eval_harness_matches_our_loglikelihoods(run_dir, tmp_path):
+  out = tmp_path / "hf"
+  assert _export(run_dir, out).returncode == 0
+  res = _run([sys.executable, "-m", "lm_eval", "--model", "hf",
+              "--model_args", f"pretrained={out},trust_remote_code=True,"
+              "dtype=float32", "--tasks", "iiet_python_choice",
+              "--include_path", ".", "--device", "cpu", "--batch_size", "4",
+              "--output_path", str(tmp_path / "lm_eval"), "--log_samples"],
+             cwd=TASK_DIR, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  acc = re.search(r"iiet_python_choice\|.*\|acc\s*\|\S*\s*\|\s*([\d.]+)",
+                  res.stdout)
+  assert acc, res.stdout[-2000:]
+  samples = next((tmp_path / "lm_eval").rglob("samples_*.jsonl"))
+  res = _run(MAIN + ["score", f"--workdir={run_dir}/run",
+                     f"--input={samples}"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  line = re.search(r"24 requests of 8 documents .*: accuracy ([\d.]+) by "
+                   r"our log-likelihoods; max \|ours - lm-eval\| (\S+)",
+                   res.stdout)
+  assert line, res.stdout
+  assert float(line.group(1)) == pytest.approx(float(acc.group(1)))
+  assert float(line.group(2)) < 1e-4
