@@ -141,6 +141,17 @@ def test_import_of_an_export_is_the_identity(run_dir, tmp_path):
 def test_lm_eval_harness_matches_our_loglikelihoods(run_dir, tmp_path):
   out = tmp_path / "hf"
   assert _export(run_dir, out).returncode == 0
+  # Greedy decoding: PyTorch recomputing every step == our KV-cached decoder.
+  from transformers import AutoModelForCausalLM, AutoTokenizer
+  model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
+  tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+  ids = model.generate(**tok("def main(", return_tensors="pt"),
+                       max_new_tokens=12, do_sample=False)
+  res = _run(MAIN + ["generate", f"--workdir={run_dir}/run",
+                     "--prompt=def main(", "--max_new_tokens=12"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.rstrip("\n") == tok.decode(
+      ids[0], skip_special_tokens=True).rstrip("\n")
   res = _run([sys.executable, "-m", "lm_eval", "--model", "hf",
               "--model_args", f"pretrained={out},trust_remote_code=True,"
               "dtype=float32", "--tasks", "iiet_python_choice",
