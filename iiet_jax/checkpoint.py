@@ -253,6 +253,24 @@ def saved_run(source: str, step: int | None = None) -> SavedRun:
   return SavedRun(directory, step, items["model"], items["config"])
 
 
+def save_params(directory: epath.PathLike, step: int, params,
+                config: Mapping[str, Any], model: Mapping[str, Any]) -> None:
+  """A parameters-only checkpoint (what `iiet import` writes): readable by
+  `saved_run` / `restore_params`, so warm starts and every command that
+  reads a finished run accept it."""
+  manager = ocp.CheckpointManager(
+      epath.Path(directory), options=ocp.CheckpointManagerOptions(create=True),
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "config": ocp.JsonCheckpointHandler(),
+                     "model": ocp.JsonCheckpointHandler()})
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"params": params}),
+      config=ocp.args.JsonSave(dict(config)),
+      model=ocp.args.JsonSave(dict(model))))
+  manager.wait_until_finished()
+  manager.close()
+
+
 def restore_params(run: SavedRun, abstract_params) -> Any:
   """The run's parameters onto `abstract_params`' shapes and shardings."""
   manager = _reader(run.directory)

@@ -208,6 +208,10 @@ def import_hf() -> None:
     sys.exit(f"import error: {err}")
   print(f"imported   {_HF.value} -> {out} (step 0); continue training with "
         f"--config.init_from={out}")
+  if not (out / "tokenizer.model").is_file():
+    print(f"warning    {_HF.value} has no SentencePiece tokenizer.model: "
+          f"runs from {out} tokenise with their own config.data.tokenizer "
+          f"(set it to the model's tokenizer, or use data.source=tokens).")
 
 
 def run(argv: list[str] | None = None) -> None:

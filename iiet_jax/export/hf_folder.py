@@ -26,7 +26,6 @@ from pathlib import Path
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import pytorch
@@ -163,18 +162,8 @@ def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
       shutil.copyfile(src / "tokenizer.model", stage / "tokenizer.model")
       with config.unlocked():
         config.data.tokenizer = str(out_dir / "tokenizer.model")
-    manager = ocp.CheckpointManager(
-        stage / "checkpoints",
-        options=ocp.CheckpointManagerOptions(create=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler(),
-                       "model": ocp.JsonCheckpointHandler()})
-    manager.save(0, args=ocp.args.Composite(
-        state=ocp.args.StandardSave({"params": params}),
-        config=ocp.args.JsonSave(config.to_dict()),
-        model=ocp.args.JsonSave(ckpt_lib.describe(cfg, cfg.arch))))
-    manager.wait_until_finished()
-    manager.close()
+    ckpt_lib.save_params(stage / "checkpoints", 0, params, config.to_dict(),
+                         ckpt_lib.describe(cfg, cfg.arch))
     _publish(stage, out_dir)
   except BaseException:
     shutil.rmtree(stage, ignore_errors=True)
