@@ -1,0 +1,373 @@
+"""Decode speed against validation loss: Transformer++, PCformer, IIET, E-IIET.
+
+  python bench/decode.py [--teacher=runs/tiny] [--taus=0,0.05,0.2,0.6,0.7,0.8]
+      [--sizes=tiny,55m] [--rounds=5] [--no_distill] [--plot=docs/decode_bench.png]
+
+Needs a trained IIET teacher (`bash launch/local.sh` makes runs/tiny). About
+16 minutes on 2 CPU cores, 12 of them the six distillations, which later runs
+reuse (then about 4). The default taus give six distinct r_t on that teacher.
+Results and how to read them: docs/decode_bench.md.
+
+Quality (teacher's size): influence on the teacher's validation batches, for
+each tau the r_t it selects (iiad/selection.py), then the validation loss of
+the teacher cut to those r_t with no training, and of an E-IIET distilled from
+it by the real `iiet distill` stage (runs/bench_decode/tau_<tau>, the settings
+of launch/local.sh). The distilled student that keeps every iteration (tau=0)
+had the same extra training with no cut: `ctl` divides by its loss.
+Transformer++ and PCformer are timed but not trained here.
+Speed: random-init float32 models (speed does not depend on the weights):
+prefill of a [batch, prompt] prompt into an empty cache and `new` greedy
+decode steps in one jitted `fori_loop`, all models of a size round-robin,
+medians, ratios to IIET (r=3, scanned). E-IIET rows unroll the layers, where
+fewer iterations really cost less ("IIET unrolled" is the all-r_t=3 one);
+the `scan` row is the masked scanned stack, which runs max(r_t) everywhere.
+Sizes other than the teacher's have no teacher here: their r_t keep the share
+of iterations each tau kept on the teacher, front-first (earlier layers keep
+theirs first, as the influence shows), and are marked "derived".
+The plot is drawn with numpy into iiad/report.py's PNG writer; the last line
+of output is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iiet_jax.commands import open_run
+from iiet_jax.data.loader import make_loaders
+from iiet_jax.decode import decode_step, init_cache, prefill
+from iiet_jax.iiad import influence as inf
+from iiet_jax.iiad import report, selection
+from iiet_jax.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAPES = {"tiny": (4, 64, 64), "55m": (2, 64, 32)}  # batch, prompt, new
+PAPER = {"cost": 0.45, "accuracy_kept": 0.994}  # E-IIET, SPEC.md section 5
+DISTILL = ["--config.total_steps=150", "--config.optimizer.warmup_steps=10",
+           "--config.eval_every=50", "--config.checkpoint.every=50"]
+
+
+def quality(teacher: str, taus, workdir: Path, distill: bool) -> dict:
+  """Teacher loss, and per tau: r_t, truncated and distilled losses."""
+  opened = open_run(teacher)
+  model, params = opened.training.model, opened.params
+  loaders = make_loaders(opened.config)
+  loaders.close()
+  val = loaders.validation
+  measured = inf.measure(model, params,
+                         val[:opened.config.distill.influence_batches])
+  print(report.table(measured.state_change, f"influence of {teacher} "
+                     f"(step {opened.run.step})"), flush=True)
+  out = {"teacher": teacher, "size": opened.config.variant.split("size=")[1],
+         "iterations": list(model.config.iterations),
+         "loss": inf.mean_loss(model, params, val), "taus": {}}
+  by_r = {}  # taus that select the same r_t share one evaluation
+  for tau in taus:
+    r = selection.by_threshold(measured.state_change, tau)
+    if r not in by_r:
+      cut = build_model(dataclasses.replace(model.config, iterations=r))
+      by_r[r] = {"iterations": list(r),
+                 "truncated": inf.mean_loss(cut, params, val)}
+      if distill:
+        by_r[r].update(distilled(opened.config.variant, teacher, tau,
+                                 workdir))
+        if by_r[r]["student_iterations"] != list(r):
+          raise SystemExit(f"tau={tau}: the distill stage chose "
+                           f"{by_r[r]['student_iterations']}, this bench {r}")
+    out["taus"][tau] = row = by_r[r]
+    print(f"tau={tau:g}: r_t {list(r)}, truncated loss {row['truncated']:.4f}"
+          + (f", distilled {row['distilled']:.4f}" if distill else ""),
+          flush=True)
+  # The student that keeps every iteration: the same extra training, no cut.
+  out["control"] = next((row["distilled"] for row in out["taus"].values()
+                         if row["iterations"] == out["iterations"]
+                         and "distilled" in row), None)
+  return out
+
+
+def distilled(variant: str, teacher: str, tau: float, root: Path) -> dict:
+  """Runs (or reads the finished) `iiet distill` into root/tau_<tau>."""
+  workdir = root / f"tau_{tau:g}"
+  summary = workdir / "summary.json"
+  if not summary.exists():
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "iiet_jax.main", "distill",
+           f"--config=configs/lm.py:{variant}", f"--workdir={workdir}",
+           f"--config.distill.teacher={teacher}",
+           f"--config.distill.tau={tau}", *DISTILL]
+    print(f"distilling tau={tau:g} into {workdir} (log: distill.log)",
+          flush=True)
+    with open(workdir / "distill.log", "w") as log:
+      if subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=log).returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed; see {workdir}/distill.log")
+  s = json.loads(summary.read_text())
+  return {"distilled": s["student_validation_loss"],
+          "distill_teacher": s["teacher_validation_loss"],
+          "student_iterations": s["student_iterations"],
+          "distill_steps": s["steps"], "workdir": str(workdir)}
+
+
+def derived(share: float, num_layers: int, r: int) -> tuple[int, ...]:
+  """The same share of num_layers * r iterations, earlier layers first."""
+  keep = round(share * num_layers * r)
+  return tuple(min(r, max(0, keep - r * t)) for t in range(num_layers))
+
+
+def load_model(arch: str, size: str, overrides: dict):
+  spec = importlib.util.spec_from_file_location("lm", ROOT / "configs" / "lm.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  values = module.get_config(f"model={arch},size={size}").model.to_dict()
+  values.update(overrides, dtype="float32")
+  return build_model(values)
+
+
+def timed(fn) -> float:
+  start = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - start
+
+
+def build(model, batch: int, prompt_len: int, new: int) -> dict:
+  """Jitted prefill and decode loop for `model`, compiled and warmed up."""
+  tokens = jnp.asarray(np.random.default_rng(0).integers(
+      0, model.config.vocab_size, (batch, prompt_len)), jnp.int32)
+  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), tokens))["params"]
+
+  @jax.jit
+  def run_prefill(params, tokens):
+    return prefill(model, params, tokens,
+                   init_cache(model, batch, prompt_len + new))
+
+  @jax.jit
+  def run_decode(params, token_B, cache):
+    def step(_, state):
+      token_B, cache = state
+      logits_BV, cache = decode_step(model, params, token_B, cache)
+      return jnp.argmax(logits_BV, -1).astype(jnp.int32), cache
+    return jax.lax.fori_loop(0, new, step, (token_B, cache))[0]
+
+  start = time.perf_counter()
+  logits_BTV, cache = jax.block_until_ready(run_prefill(params, tokens))
+  token_B = jnp.argmax(logits_BTV[:, -1], -1).astype(jnp.int32)
+  jax.block_until_ready(run_decode(params, token_B, cache))
+  return dict(prefill=lambda: run_prefill(params, tokens),
+              decode=lambda: run_decode(params, token_B, cache),
+              compile_s=time.perf_counter() - start, prefill_s=[],
+              decode_s=[], nfe=sum(model.config.block_evaluations_per_layer()))
+
+
+def rows_for(size: str, q: dict) -> list[tuple]:
+  """(name, arch, model overrides, quality row, r_t) for one size."""
+  full = load_model("iiet", size, {}).config.iterations
+  own = size == q["size"]
+  none = {} if own else {"note": f"no {size} teacher here"}
+  nt = {"note": "not trained here (timed only)"}
+  rows = [("Transformer++", "transformer", {}, nt, None),
+          ("PCformer", "pcformer", {}, nt, None),
+          ("IIET", "iiet", {}, {"truncated": q["loss"]} if own else none,
+           full)]
+  seen, cut = set(), None
+  for tau, row in q["taus"].items():
+    share = sum(row["iterations"]) / sum(q["iterations"])
+    r = tuple(row["iterations"]) if own else derived(share, len(full),
+                                                     max(full))
+    if r in seen:
+      continue
+    seen.add(r)
+    name = (f"IIET unrolled (tau={tau:g})" if r == full else
+            f"E-IIET tau={tau:g}" + ("" if own else " derived"))
+    rows.append((name, "iiet", dict(iterations=r, scan_layers=False),
+                 row if own else none, r))
+    if cut is None and 0 < sum(r) < sum(full):
+      cut = (f"E-IIET tau={tau:g} scan", r)
+  if cut:
+    rows.append((cut[0], "iiet", dict(iterations=cut[1]), none, cut[1]))
+  return rows
+
+
+def speed(size: str, q: dict, rounds: int) -> dict:
+  """Times every row of `size` round-robin; medians, ratios to IIET."""
+  batch, prompt_len, new = SHAPES[size]
+  runs = {}
+  for name, arch, overrides, qrow, r in rows_for(size, q):
+    runs[name] = build(load_model(arch, size, overrides), batch, prompt_len,
+                       new)
+    runs[name].update(quality=qrow, iterations=r)
+    print(f"{size} {name}: compiled in {runs[name]['compile_s']:.1f}s",
+          flush=True)
+  for _ in range(rounds):
+    for run in runs.values():
+      run["prefill_s"].append(timed(run["prefill"]))
+      run["decode_s"].append(timed(run["decode"]))
+  base_p = statistics.median(runs["IIET"]["prefill_s"])
+  base_d = statistics.median(runs["IIET"]["decode_s"])
+  results = {}
+  for name, run in runs.items():
+    p = statistics.median(run["prefill_s"])
+    d = statistics.median(run["decode_s"])
+    qrow, r = run["quality"], run["iterations"]
+    res = results[name] = {
+        "iterations": list(r) if r else None, "nfe": run["nfe"],
+        "prefill_ms": round(1e3 * p, 2), "prefill_ratio": round(p / base_p, 3),
+        "decode_tokens_per_s": round(batch * new / d, 1),
+        "decode_speed_ratio": round(base_d / d, 3),
+        "decode_cost": round(d / base_d, 3)}
+    for key in ("truncated", "distilled"):
+      if key in qrow:
+        res[f"loss_{key}"] = round(qrow[key], 4)
+        res[f"loss_{key}_rel"] = round(qrow[key] / q["loss"], 4)
+    if "distilled" in qrow and q.get("control"):
+      res["loss_distilled_rel_control"] = round(qrow["distilled"]
+                                                / q["control"], 4)
+    if "note" in qrow:
+      res["quality"] = qrow["note"]
+  print(f"\n{size}: batch {batch}, prompt {prompt_len}, {new} decode steps, "
+        f"float32, median of {rounds} round-robin rounds, "
+        f"{jax.devices()[0].device_kind}; ratios to IIET (r=3, scanned); "
+        f"cost = 1 / decode speed ratio; validation loss of the teacher cut "
+        f"to r_t (trunc) and distilled (distil), rel = / IIET teacher's, "
+        f"ctl = / distilled with every iteration (same extra training)")
+  print_table(results)
+  return results
+
+
+def print_table(results: dict) -> None:
+  cols = ("loss_truncated", "loss_truncated_rel", "loss_distilled",
+          "loss_distilled_rel", "loss_distilled_rel_control")
+  print(f"{'model':27s} {'r_t':>23s} {'NFE':>4s} {'prefill ms':>10s} "
+        f"{'xIIET':>6s} {'tok/s':>7s} {'xIIET':>6s} {'cost':>5s} "
+        f"{'trunc':>6s} {'rel':>6s} {'distil':>6s} {'rel':>6s} {'ctl':>6s}")
+  for name, r in results.items():
+    blank = "n/t" if r.get("quality", "").startswith("not trained") else "-"
+    print(f"{name:27s} {','.join(map(str, r['iterations'] or '-')):>23s} "
+          f"{r['nfe']:4d} {r['prefill_ms']:10.2f} {r['prefill_ratio']:6.2f} "
+          f"{r['decode_tokens_per_s']:7.0f} {r['decode_speed_ratio']:6.2f} "
+          f"{r['decode_cost']:5.2f} " + " ".join(
+              f"{r[c]:6.3f}" if c in r else f"{blank:>6s}" for c in cols))
+  notes = sorted({r["quality"] for r in results.values() if "quality" in r})
+  if any("derived" in name for name in results):
+    notes.append("derived: r_t keep the share of iterations each tau kept on "
+                 "the teacher, earlier layers first")
+  print("  " + "; ".join(n.replace("not trained", "n/t: not trained")
+                         for n in notes))
+
+
+# 3x5 glyphs, one octal digit per row (4 = left pixel), for the plot's labels.
+FONT = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.%-+=,()/:_ ", (
+    "75557 26227 71747 71317 55711 74717 74757 71222 75757 75717 25755 65656 "
+    "34443 65556 74647 74644 34553 55755 72227 11152 55655 44447 57755 65555 "
+    "25552 65644 25563 65655 34216 72222 55557 55552 55775 55255 55222 71247 "
+    "00002 51245 00700 02720 07070 00024 24442 21112 11244 02020 00007 00000"
+).split()))
+
+
+def plot(path: str, results: dict, teacher_loss: float) -> None:
+  """Decode cost (x) against validation loss (y) at the teacher's size."""
+  W, H, L, R, T, B = 900, 580, 90, 30, 110, 70
+  img = np.full((H, W, 3), 255, np.uint8)
+
+  def text(x, y, s, color=(0, 0, 0), k=2):
+    for i, ch in enumerate(s.upper()):
+      rows = [[int(c) >> (2 - b) & 1 for b in range(3)] for c in FONT[ch]]
+      y0, x0 = int(y), int(x) + 4 * k * i
+      if 0 <= y0 <= H - 5 * k and 0 <= x0 <= W - 3 * k:
+        img[y0 - 1:y0 + 5 * k + 1, x0 - 1:x0 + 4 * k] = 255  # over lines
+        img[y0:y0 + 5 * k, x0:x0 + 3 * k][np.kron(
+            np.array(rows, bool), np.ones((k, k), bool))] = color
+
+  def line(x0, y0, x1, y1, color, dash=0, w=1):
+    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
+    for i, (x, y) in enumerate(zip(np.linspace(x0, x1, n),
+                                   np.linspace(y0, y1, n))):
+      if not dash or (i // dash) % 2 == 0:
+        img[int(y) - w // 2:int(y) + w - w // 2 + 1,
+            int(x) - w // 2:int(x) + w - w // 2 + 1] = color
+
+  keys = {"loss_truncated": (30, 100, 220), "loss_distilled": (240, 130, 0)}
+  losses = [r[k] for r in results.values() for k in keys if k in r]
+  # Up to 3% above the teacher; points beyond sit on the top edge, labelled.
+  lo, hi = min(losses) - 0.02, min(max(losses), 1.03 * teacher_loss) + 0.02
+  xmax = max(1.1, max(r["decode_cost"] for r in results.values()) + 0.1)
+  px = lambda c: L + (W - L - R) * c / xmax
+  py = lambda v: T + (H - T - B) * (hi - min(v, hi)) / (hi - lo)
+  line(L, H - B, W - R, H - B, (0, 0, 0))
+  line(L, T, L, H - B, (0, 0, 0))
+  for c in np.arange(0, xmax, 0.1):
+    line(px(c), H - B, px(c), H - B + 5, (0, 0, 0))
+    text(px(c) - 12, H - B + 10, f"{c:.1f}")
+  for v in np.linspace(lo, hi, 6):
+    line(L - 5, py(v), L, py(v), (0, 0, 0))
+    text(8, py(v) - 5, f"{v:.2f}")
+  text(L, H - 28, "decode cost relative to IIET (tiny, 1 / decode speed)")
+  text(10, 10, "validation loss (tiny), points labelled by tau")
+  text(W - 380, 10, "- cut to r_t, no training", keys["loss_truncated"])
+  text(W - 380, 26, "- distilled (IIAD, 150 steps)", keys["loss_distilled"])
+  text(W - 380, 42, "- paper: 45% cost, 99.4% accuracy", (200, 0, 0))
+  line(L, py(teacher_loss), W - R, py(teacher_loss), (120, 120, 120), dash=6)
+  text(L + 6, py(teacher_loss) - 14, "IIET teacher", (90, 90, 90))
+  for n, r in results.items():
+    if n.startswith("IIET unrolled") and "loss_distilled" in r:
+      v = r["loss_distilled"]
+      line(L, py(v), W - R, py(v), keys["loss_distilled"], dash=4)
+      text(W - R - 170, py(v) - 14, "no cut, same training",
+           keys["loss_distilled"])
+  line(px(PAPER["cost"]), T, px(PAPER["cost"]), H - B, (200, 0, 0), dash=6)
+  for name, label in (("Transformer++", "T++"), ("PCformer", "PC")):
+    c = results[name]["decode_cost"]
+    line(px(c), T, px(c), H - B, (150, 150, 220), dash=3)
+    text(px(c) + 4, T + 4, label, (90, 90, 200))
+  text(10, T - 36, "above the top:", (90, 90, 90))
+  for row, (key, color) in enumerate(keys.items()):
+    pts = sorted((r["decode_cost"], r[key], n) for n, r in results.items()
+                 if key in r and "scan" not in n)
+    for (c0, v0, _), (c1, v1, _) in zip(pts, pts[1:]):
+      line(px(c0), py(v0), px(c1), py(v1), color, w=2)
+    for c, v, n in pts:
+      img[int(py(v)) - 4:int(py(v)) + 5, int(px(c)) - 4:int(px(c)) + 5] = color
+      if key == "loss_truncated" and "tau=" in n:
+        text(px(c) - 8, H - B - 16, n.split("tau=")[1].split()[0].strip(")"))
+      if v > hi:
+        text(px(c) - 16, T - 36 + 16 * row, f"{v:.2f}", color)
+  Path(path).write_bytes(report._png(img))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--teacher", default="runs/tiny")
+  parser.add_argument("--taus", default="0,0.05,0.2,0.6,0.7,0.8")
+  parser.add_argument("--sizes", default="tiny,55m")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--workdir", default="runs/bench_decode")
+  parser.add_argument("--no_distill", action="store_true")
+  parser.add_argument("--plot", default="docs/decode_bench.png")
+  args = parser.parse_args()
+  start = time.perf_counter()
+  q = quality(args.teacher, [float(t) for t in args.taus.split(",")],
+              Path(args.workdir), not args.no_distill)
+  out = {"teacher": q["teacher"], "teacher_loss": round(q["loss"], 4),
+         "control_loss": q["control"] and round(q["control"], 4), "paper": PAPER, "r_t": {f"{t:g}": r["iterations"]
+                                 for t, r in q["taus"].items()}}
+  for size in args.sizes.split(","):
+    out[size] = speed(size, q, args.rounds)
+  if args.plot and q["size"] in out:
+    plot(args.plot, out[q["size"]], q["loss"])
+    print(f"plot: {args.plot}")
+  print(f"total {time.perf_counter() - start:.0f}s")
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()
