@@ -112,11 +112,13 @@ def generate(workdir: str, prompt: str, max_new_tokens: int,
              temperature: float, top_k: int, top_p: float, seed: int) -> str:
   """Continues `prompt` with the run's model and tokenizer; returns text."""
   from iiet_jax import decode
+  from iiet_jax.models import for_inference
   opened = open_run(workdir)
   tokenizer = run_tokenizer(opened, workdir)
   ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+  model, params = for_inference(opened.training.model, opened.params)
   out = decode.generate(
-      opened.training.model, opened.params, np.asarray([ids], np.int32),
+      model, params, np.asarray([ids], np.int32),
       max_new_tokens, rng=jax.random.key(seed), temperature=temperature,
       top_k=top_k, top_p=top_p, eos_id=tokenizer.eos_id,
       pad_id=tokenizer.pad_id)

@@ -12,7 +12,7 @@ import pytest
 from conftest import apply, init_params, random_tokens, small_config
 from iiet_jax.decode import (GenerateError, decode_step, generate, init_cache,
                              prefill, sample, top_k_filter, top_p_filter)
-from iiet_jax.models import build_model
+from iiet_jax.models import build_model, for_inference
 
 TOL = 1e-4  # max abs logit difference, float32
 CASES = {
@@ -84,6 +84,21 @@ def test_prefill_and_steps_equal_full_forward(name):
         assert np.abs(keys_LEBSNH[t, e] - keys_LEBSNH[t, f]).max() > 1e-2
     if not cfg.scan_layers:  # masked iterations under scan write their slots
       assert not keys_LEBSNH[t, n:].any()
+
+
+def test_e_iiet_is_served_unrolled_with_the_same_function():
+  cfg, model, params, tokens = setup(CASES["iiet302"])
+  served, served_params = for_inference(model, params)
+  assert not served.config.scan_layers
+  assert served.config.iterations == cfg.iterations
+  full = apply(cfg, params, tokens)
+  got, cache = cached_logits(served, served_params, tokens, (5,), 12)
+  assert float(jnp.max(jnp.abs(got - full))) < TOL
+  # Unrolled, layer 2 (r_t = 0) runs its predictor only: no iteration slots.
+  assert not np.asarray(cache.kv.key)[1, 1:].any()
+  for name in ("iiet3", "transformer", "iiet302-unrolled"):
+    _, m, p, _ = setup(CASES[name])
+    assert for_inference(m, p) == (m, p)
 
 
 @pytest.mark.parametrize("name", ["iiet3", "pcformer2"])

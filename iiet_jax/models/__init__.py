@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 from iiet_jax.models.config import ConfigError, ModelConfig
 from iiet_jax.models.lm import DECODERS, LanguageModel
+from iiet_jax.models.stack import unstack_layers
 
 
 def build_model(config: ModelConfig | Mapping[str, Any]) -> LanguageModel:
@@ -15,5 +17,18 @@ def build_model(config: ModelConfig | Mapping[str, Any]) -> LanguageModel:
   return LanguageModel(config)
 
 
+def for_inference(model: LanguageModel, params):
+  """(model, params) to serve: an E-IIET (per-layer r_t) trained with
+  scanned layers runs every layer for max(r_t) masked iterations there, so
+  it is rebuilt with unrolled layers, where each layer runs only its own
+  (docs/decode_bench.md: the masked scan saves nothing). Same function,
+  same parameters; anything else is returned as it is."""
+  cfg = model.config
+  if cfg.arch != "iiet" or cfg.uniform_iterations or not cfg.scan_layers:
+    return model, params
+  unrolled = dataclasses.replace(cfg, scan_layers=False)
+  return build_model(unrolled), unstack_layers(params, cfg.num_layers)
+
+
 __all__ = ["ConfigError", "DECODERS", "LanguageModel", "ModelConfig",
-           "build_model"]
+           "build_model", "for_inference", "unstack_layers"]

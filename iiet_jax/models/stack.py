@@ -142,3 +142,15 @@ class LayerStack(nn.Module):
           carry, xs_i, shared, positions_BT, segment_ids_BT, kv)
       new_kvs.append(new_kv)
     return carry, kv_stack(new_kvs)
+
+
+def unstack_layers(params, num_layers: int):
+  """Scanned parameters (`stack/layers`, leading L axis) -> the unrolled
+  layout (`stack/layers_{i}`); everything else is shared, not copied."""
+  decoder = dict(params["decoder"])
+  stack = dict(decoder["stack"])
+  layers = stack.pop("layers")
+  for i in range(num_layers):
+    stack[f"layers_{i}"] = jax.tree.map(lambda a, i=i: a[i], layers)
+  decoder["stack"] = stack
+  return {**params, "decoder": decoder}
