@@ -172,3 +172,32 @@ def test_lm_eval_harness_matches_our_loglikelihoods(run_dir, tmp_path):
   assert line, res.stdout
   assert float(line.group(1)) == pytest.approx(float(acc.group(1)))
   assert float(line.group(2)) < 1e-4
+
+
+def test_import_of_a_stock_llama_checkpoint(tmp_path):
+  """A user's PyTorch Llama (save_pretrained) becomes a checkpoint of ours
+  that scores every token like the PyTorch model does."""
+  from transformers import LlamaConfig, LlamaForCausalLM
+  torch.manual_seed(0)
+  model = LlamaForCausalLM(LlamaConfig(
+      vocab_size=97, hidden_size=32, intermediate_size=48,
+      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+      max_position_embeddings=128, tie_word_embeddings=False,
+      rope_parameters={"rope_type": "default", "rope_theta": 500.0}))
+  model.save_pretrained(tmp_path / "llama")
+  res = _run(MAIN + ["import", f"--hf={tmp_path}/llama",
+                     f"--workdir={tmp_path}/ours"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "has no SentencePiece tokenizer.model" in res.stdout
+  ids = np.random.default_rng(1).integers(0, 97, (2, 100))
+  np.save(tmp_path / "ids.npy", ids)
+  res = _run(MAIN + ["score", f"--workdir={tmp_path}/ours",
+                     f"--input={tmp_path}/ids.npy",
+                     f"--out={tmp_path}/scores.npz"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  with torch.no_grad():
+    logits = model(torch.as_tensor(ids)).logits.double()
+  theirs = torch.log_softmax(logits, -1)[:, :-1].gather(
+      -1, torch.as_tensor(ids[:, 1:])[..., None])[..., 0].numpy()
+  assert np.abs(np.load(tmp_path / "scores.npz")["logprobs"] - theirs
+                ).max() < 1e-4
