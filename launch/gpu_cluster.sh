@@ -33,23 +33,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 usage() { sed -n '2,/^[^#]/s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"; }
 die() { echo "gpu_cluster.sh: $1" >&2; usage >&2; exit 2; }
 
-# One command as a shell would read it back (single quotes where needed), so
-# --dry-run output can be pasted into a terminal.
-shell_words() {
-  local out="" w
-  for w in "$@"; do
-    if [[ "$w" =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then out+="$w "
-    else out+="'${w//\'/\'\\\'\'}' "; fi
-  done
-  printf '%s' "${out% }"
-}
-
-DRY_RUN=0
-run() {
-  if (( DRY_RUN )); then echo "+ $(shell_words "$@")"; return; fi
-  echo "+ $(shell_words "$@")" >&2
-  "$@"
-}
+source "$ROOT/launch/shell.sh"  # shell_words, run, DRY_RUN
 
 MODE="" NODES="" GPUS="" PARTITION="" TIME="" RUN="iiet"
 COORDINATOR="" NUM_PROCESSES="" PROCESS_ID=""

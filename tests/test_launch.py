@@ -86,6 +86,7 @@ def repo_copy(tmp_path: Path) -> Path:
   root = tmp_path / "repo"
   (root / "launch").mkdir(parents=True)
   shutil.copy(GPU_CLUSTER, root / "launch")
+  shutil.copy(GPU_CLUSTER.parent / "shell.sh", root / "launch")
   return root
 
 
