@@ -156,8 +156,9 @@ def run_on_saved(command: str, workdir: str | None = None, batches=None,
     if command == "export":
       if not _OUT.value:
         raise app.UsageError("export needs --out: the folder to write.")
-      out = export_lib().export(workdir, _OUT.value, _STEP.value,
-                                _EXPORT_DTYPE.value, _OVERWRITE.value)
+      from iiet_jax.export import hf_folder
+      out = hf_folder.export(workdir, _OUT.value, _STEP.value,
+                               _EXPORT_DTYPE.value, _OVERWRITE.value)
       print(f"exported   {workdir} -> {out}")
     elif command == "score":
       if not _INPUT.value:
@@ -189,20 +190,16 @@ def run_on_saved(command: str, workdir: str | None = None, batches=None,
     sys.exit(f"{command} error: {err}")
 
 
-def export_lib():
-  from iiet_jax.export import hf_folder
-  return hf_folder
-
-
 def import_hf() -> None:
   """import: a Hugging Face folder -> a checkpoint in --workdir."""
+  from iiet_jax.export import hf_folder
   from iiet_jax.export.names import ExportError
   from iiet_jax.models import ConfigError
   if not _HF.value or not _WORKDIR.value:
     raise app.UsageError("import needs --hf=HF_DIR and --workdir=NEW.")
   spec = overrides.config_spec(sys.argv)
   try:
-    out = export_lib().import_folder(_HF.value, _WORKDIR.value, spec,
+    out = hf_folder.import_folder(_HF.value, _WORKDIR.value, spec,
                                      _OVERWRITE.value)
   except (ExportError, ConfigError, OSError) as err:
     sys.exit(f"import error: {err}")

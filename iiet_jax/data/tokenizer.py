@@ -67,6 +67,14 @@ class Tokenizer:
   def pad_id(self) -> int:
     return self._sp.pad_id()
 
+  def special_pieces(self) -> dict[str, str]:
+    """The pieces of bos / eos / unk / pad, keyed as Hugging Face names them."""
+    sp = self._sp
+    return {"bos_token": sp.id_to_piece(sp.bos_id()),
+            "eos_token": sp.id_to_piece(sp.eos_id()),
+            "unk_token": sp.id_to_piece(sp.unk_id()),
+            "pad_token": sp.id_to_piece(sp.pad_id())}
+
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without bos/eos (the pipeline adds those)."""
     return self._sp.encode(text)

@@ -17,7 +17,6 @@ end, so a failure leaves nothing behind.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -63,11 +62,7 @@ def _publish(stage: Path, out: Path) -> None:
 
 def tokenizer_files(folder: Path, tokenizer, max_len: int) -> None:
   (folder / "tokenizer.model").write_bytes(tokenizer.model_proto)
-  piece = lambda i: tokenizer._sp.id_to_piece(i)  # pylint: disable=protected-access
-  special = {"bos_token": piece(tokenizer.bos_id),
-             "eos_token": piece(tokenizer.eos_id),
-             "unk_token": piece(tokenizer._sp.unk_id()),  # pylint: disable=protected-access
-             "pad_token": piece(tokenizer.pad_id)}
+  special = tokenizer.special_pieces()
   _json(folder / "tokenizer_config.json", {
       "tokenizer_class": "IIETTokenizer",
       "auto_map": {"AutoTokenizer": ["tokenization_iiet.IIETTokenizer",
@@ -126,13 +121,12 @@ def export(workdir: str, out: str, step: int | None = None,
 def _base_config(config_spec: str | None, arch: str
                  ) -> ml_collections.ConfigDict:
   """The run config an imported model trains with (configs/lm.py default)."""
-  path, _, arg = (config_spec or str(CONFIG_FILE)).partition(":")
-  if not Path(path).is_file():
-    raise ExportError(f"No config file {path}; pass --config=FILE[:ARG].")
-  spec = importlib.util.spec_from_file_location("import_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or f"model={arch},size=tiny")
+  from iiet_jax.overrides import OverrideError, load_config_file
+  try:
+    return load_config_file(config_spec or
+                            f"{CONFIG_FILE}:model={arch},size=tiny")[0]
+  except OverrideError as err:
+    raise ExportError(f"{err} Pass --config=FILE[:ARG].") from err
 
 
 def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
