@@ -17,7 +17,6 @@ os.environ.update(IIET_COORDINATOR=f"127.0.0.1:{port}", IIET_NUM_PROCESSES="2",
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from iiet_jax.parallel import multihost  # noqa: E402
 

@@ -27,7 +27,6 @@ import ml_collections
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import selection
-from iiet_jax.models import build_model
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.train.build import Training, build_training
