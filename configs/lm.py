@@ -91,6 +91,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Two-stage recipe (SPEC.md 5): Transformer++ for this share of the steps,
   # then the configured IIET / PCformer. 0 trains it from the start.
   config.switch_at = 0.0 if variant["model"] == "transformer" else 0.75
+  # How the history parameters start at the switch (stages/switch_init.py):
+  # history_init average (SPEC) | inherit; norm_init unit (SPEC) | fit.
+  config.switch = ml_collections.ConfigDict(dict(
+      history_init="inherit", norm_init="unit", fit_batches=4))
   config.log_every = 10 if tiny else 50       # metrics to screen and files
   config.eval_every = 100 if tiny else 1000   # validation passes
   config.checkpoint = ml_collections.ConfigDict(dict(

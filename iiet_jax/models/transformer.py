@@ -23,6 +23,9 @@ class TransformerLayer(nn.Module):
     del prefix, layer_xs, shared
     h_BTD, new_kv = DecoderBlock(self.config, name="block")(
         h_BTD, positions_BT, segment_ids_BT, kv_slot(cache, 0))
+    # h_t, read by the switch-time norm fit (stages/switch_init.py) through
+    # the "intermediates" collection; free when that is not mutable.
+    self.sow("intermediates", "output", h_BTD)
     return h_BTD, None, kv_stack([new_kv])
 
 

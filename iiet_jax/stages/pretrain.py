@@ -7,6 +7,10 @@ head carry over bit for bit with their Adam moments; the history parameters
 (W, Wc, LNp, LNc; PCformer's alpha and LNrk) start at their init with fresh
 moments; the step count, and with it the learning-rate schedule, continues.
 `switch_at = 0` trains the configured architecture from the start.
+
+How the new history parameters start is `config.switch` (switch_init.py):
+the SPEC averages, or an init that keeps the inherited Transformer++
+function (the default, chosen by measurement in docs/reproduction.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 from typing import Any, Callable
 
 from iiet_jax.stages import merge as merge_lib
+from iiet_jax.stages import switch_init
 
 
 class PlanError(ValueError):
@@ -42,6 +47,8 @@ def phases(config) -> list[Phase]:
                     f"steps trained as Transformer++ before the switch.")
   if switch_at == 0.0:
     return [Phase(arch, 0, total, config)]
+  if "switch" in config:
+    switch_init.check(config.switch, arch)
   if arch == "transformer":
     raise PlanError(
         f"switch_at={switch_at} switches Transformer++ to IIET or PCformer, "
@@ -57,11 +64,24 @@ def phases(config) -> list[Phase]:
           Phase(arch, switch, total, config)]
 
 
-def switch(state, fresh):
+def switch(state, fresh, model_config=None, switch_cfg=None,
+           residual_sums=None):
   """The state after the switch: `fresh` (the new model's initial state)
-  with every parameter and moment `state` has, and `state`'s counters."""
+  with every parameter and moment `state` has, and `state`'s counters.
+
+  `switch_cfg` (the config's `switch` block) re-initialises the history
+  parameters of the new `model_config` (switch_init.py);
+  `residual_sums(params)` gives the
+  Transformer++ residual-stream sums its norm fit needs."""
   params, report = merge_lib.merge(state.params, fresh.params,
                                    allow_new=merge_lib.HISTORY_PARAMS)
+  if switch_cfg is not None:
+    sums = None
+    if switch_cfg.norm_init == "fit":
+      sums = residual_sums(state.params)
+    params, init_report = switch_init.initialise(
+        params, model_config.arch, model_config.num_layers, switch_cfg, sums)
+    report.update(init_report)
   opt_state, _ = merge_lib.merge(state.opt_state, fresh.opt_state,
                                  allow_new=merge_lib.HISTORY_PARAMS,
                                  what="opt_state")

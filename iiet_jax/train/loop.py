@@ -28,6 +28,7 @@ from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
 from iiet_jax import stages
 from iiet_jax.stages import pretrain
+from iiet_jax.stages import switch_init
 from iiet_jax.stages import warm_start
 from iiet_jax.train import flops
 from iiet_jax.train import step as step_lib
@@ -154,11 +155,19 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
       training = training_for(phase)
       if phase.name != phase_name:
         fresh = training.init_state(config.seed + 1)
-        state, report = pretrain.switch(state, fresh)
+        previous = training_for(plan[index - 1])
+        state, report = pretrain.switch(
+            state, fresh, training.model.config, config.get("switch"),
+            lambda params: _residual_sums(previous, params, loaders,
+                                          config))
         phase_name = phase.name
+        init = ""
+        if "history_init" in report:
+          init = (f"; history {report['history_init']}, norms "
+                  f"{report['norm_init']}")
         writers.event(step, f"switched to {phase.name} at step {step}: "
                       f"{report['carried']} parameter tensors carried, "
-                      f"{len(report['new'])} new")
+                      f"{len(report['new'])} new{init}")
       shardings = step_lib.batch_shardings(loaders.batch_keys, training.mesh,
                                            training.rules)
       feed = lambda b, s=shardings: multihost.global_batch(
@@ -209,6 +218,27 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
                    writers, checkpoints, loaders, preempted=False, extra=extra)
   finally:
     preemption.restore()
+
+
+def _residual_sums(previous: Training, params, loaders, config):
+  """Switch-time norm fit: residual-stream sums of the Transformer++ over
+  the next `switch.fit_batches` training batches, peeked (the iterator is
+  put back, so the run's data order is unchanged)."""
+  shardings = step_lib.batch_shardings(loaders.batch_keys, previous.mesh,
+                                       previous.rules)
+  fn = step_lib.ShardedStep(
+      switch_init.sums_fn(previous.model, previous.model.config.ln_eps),
+      previous.mesh, previous.rules,
+      in_shardings=(previous.state_shardings.params, shardings),
+      out_shardings=jax.sharding.NamedSharding(
+          previous.mesh, jax.sharding.PartitionSpec()))
+  position = loaders.train.get_state()
+  batches = [next(loaders.train) for _ in range(config.switch.fit_batches)]
+  loaders.train.set_state(position)
+  return switch_init.accumulate(
+      lambda b: fn(params, multihost.global_batch(b, shardings,
+                                                  config.batch_size)),
+      batches)
 
 
 def _header(config, plan, training_for, loaders) -> str:

@@ -1,0 +1,134 @@
+"""The reproduction experiment (docs/reproduction.md): one config per system.
+
+  --config=configs/reproduce.py:size=tiny,system=iiet [--config.seed=1]
+
+Every system is configs/lm.py's config for `size` with the overrides below:
+the same data (stdlib corpus at tiny, whatever `data.*` says elsewhere), the
+same order for a given seed, tokens, optimizer and schedule; only the
+architecture differs (and, for the equal-FLOPs control, the step count).
+`python bench/reproduce.py` runs every system and seed in sequence on one
+machine; on a cluster, sweep the seeds of one system per job:
+
+  iiet sweep --config=configs/reproduce.py:size=340m,system=iiet \
+      --workdir=gs://bucket/reproduce/iiet [--sweep_dry_run]
+
+E-IIET (`system=eiiet`) is the IIAD stage: it needs
+`--config.distill.teacher=` (the IIET run, system `iiet`, seed 0) and a
+`--config.distill.tau=`; bench/reproduce.py passes both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+# name -> (overrides of configs/lm.py, seeds run by bench/reproduce.py)
+SYSTEMS = {
+    "transformer": ({"model.arch": "transformer", "switch_at": 0.0}, 3),
+    "pcformer": ({"model.arch": "pcformer", "switch_at": 0.0}, 3),
+    "iiet": ({"model.arch": "iiet", "switch_at": 0.0}, 3),
+    # Transformer++ for 75% of the steps, then IIET (the default switch).
+    "two_stage": ({"model.arch": "iiet", "switch_at": 0.75}, 3),
+    # The same with SPEC.md's history init at the switch (the old default).
+    "two_stage_spec_init": ({"model.arch": "iiet", "switch_at": 0.75,
+                             "switch.history_init": "average",
+                             "switch.norm_init": "unit"}, 3),
+    # Controls: Transformer++ for IIET's training FLOPs (steps set from
+    # train/flops.py below) and with one untied layer per IIET block
+    # evaluation.
+    "transformer_equal_flops": ({"model.arch": "transformer",
+                                 "switch_at": 0.0}, 1),
+    "transformer_deep": ({"model.arch": "transformer", "switch_at": 0.0}, 1),
+    # Iteration ablation (r = 3 is system `iiet`).
+    "iiet_r1": ({"model.arch": "iiet", "switch_at": 0.0,
+                 "model.iterations": 1}, 1),
+    "iiet_r2": ({"model.arch": "iiet", "switch_at": 0.0,
+                 "model.iterations": 2}, 1),
+    "iiet_r4": ({"model.arch": "iiet", "switch_at": 0.0,
+                 "model.iterations": 4}, 1),
+    # IIAD from system `iiet` (seed 0): E-IIET at a threshold tau.
+    "eiiet": ({"model.arch": "iiet", "switch_at": 0.0, "stage": "distill"},
+              1),
+}
+DEFAULT_ARG = "size=tiny,system=iiet"
+SIZES = ("tiny", "55m", "340m")
+DISTILL_STEPS = {"tiny": 150, "55m": 2000, "340m": 3000}
+
+
+def _lm_config(arg: str) -> ml_collections.ConfigDict:
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm.py")
+  spec = importlib.util.spec_from_file_location("iiet_config_lm", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+  values = {"size": "tiny", "system": "iiet"}
+  for item in filter(None, (arg or DEFAULT_ARG).split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in values:
+      raise ValueError(f"configs/reproduce.py got {item!r}; expected "
+                       f"size=SIZE,system=NAME.")
+    values[key] = value
+  if values["size"] not in SIZES:
+    raise ValueError(f"configs/reproduce.py: size={values['size']!r}; choose "
+                     f"one of {', '.join(SIZES)}.")
+  if values["system"] not in SYSTEMS:
+    raise ValueError(f"configs/reproduce.py: system={values['system']!r}; "
+                     f"choose one of {', '.join(SYSTEMS)}.")
+  return values
+
+
+def _set(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def equal_flops_steps(config) -> int:
+  """Transformer++ steps with the training FLOPs of IIET (r = 3)."""
+  from iiet_jax.models.config import ModelConfig
+  from iiet_jax.train import flops
+  model = dict(config.model.to_dict())
+  iiet = ModelConfig.from_dict({**model, "arch": "iiet"})
+  plain = ModelConfig.from_dict({**model, "arch": "transformer"})
+  ratio = (flops.train_flops_per_token(iiet, config.seq_len)
+           / flops.train_flops_per_token(plain, config.seq_len))
+  return round(config.total_steps * ratio)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  values = parse_arg(arg)
+  size, system = values["size"], values["system"]
+  config = _lm_config(f"model=iiet,size={size}")
+  overrides, _ = SYSTEMS[system]
+  for key, value in overrides.items():
+    _set(config, key, value)
+  if system == "transformer_equal_flops":
+    config.total_steps = equal_flops_steps(config)
+  if system == "transformer_deep":
+    evaluations = config.model.num_layers * (1 + config.model.iterations)
+    config.model.num_layers = evaluations
+  if system == "eiiet":
+    config.total_steps = DISTILL_STEPS[size]
+    config.optimizer.warmup_steps = 10 if size == "tiny" else 100
+  if size == "tiny":
+    # Checkpoints at the switch step (450) and every quarter, so a killed
+    # run loses at most 150 steps and the two-stage runs can start from
+    # the Transformer++ run's step 450.
+    config.checkpoint.every = 150 if system != "eiiet" else 50
+    config.eval_every = 50
+    config.log_every = 5
+  config.variant = f"size={size},system={system}"
+  return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+  """`iiet sweep`: the seeds of one system."""
+  _, seeds = SYSTEMS[parse_arg(arg)["system"]]
+  return [{"seed": s} for s in range(max(seeds, 3))]
