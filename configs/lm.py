@@ -12,8 +12,8 @@ Variants: `model` in transformer, pcformer, iiet; `size` in tiny, 55m, 340m,
 line, e.g. `--config.model.iterations=2 --config.switch_at=0`. Expected log
 for the tiny IIET: 1,068,210 parameters (1,066,112 while Transformer++), 16
 block evaluations per token, the loss from about 7.6 (ln 2048) at step 1 to
-near 5 at the switch, a jump of about one nat when the history parameters
-appear, then falling again; validation loss near 5 at the end. `get_sweep`
+near 5 at the switch, no jump there (the history starts as the inherited
+Transformer++, `config.switch`), validation loss near 4.9 at the end. `get_sweep`
 below gives `iiet sweep` its runs.
 """
 
@@ -92,9 +92,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # then the configured IIET / PCformer. 0 trains it from the start.
   config.switch_at = 0.0 if variant["model"] == "transformer" else 0.75
   # How the history parameters start at the switch (stages/switch_init.py):
-  # history_init average (SPEC) | inherit; norm_init unit (SPEC) | fit.
+  # history_init average (SPEC) | inherit; norm_init unit (SPEC) | fit;
+  # history_lr_scale: the new parameters' learning rate x this after the
+  # switch (optimizer.history_lr_scale of the IIET phase).
   config.switch = ml_collections.ConfigDict(dict(
-      history_init="inherit", norm_init="unit", fit_batches=4))
+      history_init="inherit", norm_init="unit", fit_batches=4,
+      history_lr_scale=1.0))
   config.log_every = 10 if tiny else 50       # metrics to screen and files
   config.eval_every = 100 if tiny else 1000   # validation passes
   config.checkpoint = ml_collections.ConfigDict(dict(
@@ -124,6 +127,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=1e-3 if tiny else 3e-4, warmup_steps=20 if tiny else 100,
       end_lr_ratio=0.1,
+      history_lr_scale=1.0,  # W, Wc, LNp, LNc (, alpha, LNrk) LR x this
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       moments_dtype="float32"))
   # Per-slice mesh axis sizes (one may be -1) and the number of slices/nodes.

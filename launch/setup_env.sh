@@ -13,8 +13,8 @@ fi
 # libtpu (the `tpu` extra) lets `python -m iiet_jax.aot` compile for TPU
 # topologies on this host; PyPI has it for x86_64 Linux only.
 if [ -z "${IIET_EXTRAS:-}" ]; then
-  IIET_EXTRAS=test,torch
-  [ "$(uname -sm)" = "Linux x86_64" ] && IIET_EXTRAS=test,torch,tpu
+  IIET_EXTRAS=test,torch,plot
+  [ "$(uname -sm)" = "Linux x86_64" ] && IIET_EXTRAS=test,torch,plot,tpu
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 STAMP="$VENV/.iiet_installed"

@@ -21,6 +21,12 @@ from iiet_jax.models.stack import LayerStack
 
 Array = jax.Array
 
+# Paths (regexes) of the parameters IIET and PCformer add to Transformer++
+# (SPEC.md sections 3-4): what the switch creates and what
+# `optimizer.history_lr_scale` scales.
+HISTORY_PARAMS = (r"decoder/history/", r"/predictor_norm/",
+                  r"/corrector_norm/", r"decoder/alpha$", r"decoder/rk_")
+
 
 def history_init(key, shape, dtype=jnp.float32) -> Array:
   """Row t holds 1/(t+1) in columns 0..t: a plain average of the history."""

@@ -14,9 +14,7 @@ from typing import Any, Sequence
 
 import jax
 
-# Parameters IIET and PCformer add to Transformer++ (SPEC.md sections 3-4).
-HISTORY_PARAMS = (r"decoder/history/", r"/predictor_norm/",
-                  r"/corrector_norm/", r"decoder/alpha$", r"decoder/rk_")
+from iiet_jax.models.history import HISTORY_PARAMS  # noqa: F401  (re-export)
 
 
 class MergeError(ValueError):

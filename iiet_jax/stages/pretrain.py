@@ -48,7 +48,10 @@ def phases(config) -> list[Phase]:
   if switch_at == 0.0:
     return [Phase(arch, 0, total, config)]
   if "switch" in config:
-    switch_init.check(config.switch, arch)
+    try:
+      switch_init.check(config.switch, arch)
+    except switch_init.SwitchInitError as err:
+      raise PlanError(str(err)) from None
   if arch == "transformer":
     raise PlanError(
         f"switch_at={switch_at} switches Transformer++ to IIET or PCformer, "
@@ -60,8 +63,12 @@ def phases(config) -> list[Phase]:
                     f"switch step {switch}, leaving one phase empty.")
   first = config.copy_and_resolve_references()
   first.model.arch = "transformer"
+  second = config
+  if "switch" in config and config.switch.get("history_lr_scale", 1.0) != 1:
+    second = config.copy_and_resolve_references()
+    second.optimizer.history_lr_scale = config.switch.history_lr_scale
   return [Phase("transformer", 0, switch, first),
-          Phase(arch, switch, total, config)]
+          Phase(arch, switch, total, second)]
 
 
 def switch(state, fresh, model_config=None, switch_cfg=None,

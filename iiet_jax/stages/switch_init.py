@@ -66,6 +66,11 @@ def check(switch_cfg, arch: str) -> None:
     raise SwitchInitError(
         f"switch.fit_batches={switch_cfg.fit_batches} must be >= 1 with "
         f"switch.norm_init='fit'.")
+  scale = switch_cfg.get("history_lr_scale", 1.0)
+  if not scale > 0:
+    raise SwitchInitError(
+        f"switch.history_lr_scale={scale} must be > 0 (1 keeps the "
+        f"optimizer's learning rate for the new parameters).")
   del arch
 
 

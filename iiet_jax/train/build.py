@@ -60,8 +60,9 @@ def build_training(config, devices: Sequence[jax.Device] | None = None,
   tx, schedule = make_optimizer(config.optimizer, config.total_steps)
   abstract, shardings = state_lib.state_shardings(model, tx, config.seq_len,
                                                   mesh, rules)
-  train_fn = step_lib.make_train_step(model, tx, schedule,
-                                      config.micro_batches, config.z_loss)
+  train_fn = step_lib.make_train_step(
+      model, tx, schedule, config.micro_batches, config.z_loss,
+      history_lr_scale=config.optimizer.get("history_lr_scale", 1.0))
   return Training(
       model=model, tx=tx, schedule=schedule, mesh=mesh, rules=rules,
       abstract_state=abstract, state_shardings=shardings,

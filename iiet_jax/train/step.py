@@ -9,6 +9,7 @@ batch of B. Losses are token sums divided once by the global token count.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from iiet_jax.models.history import HISTORY_PARAMS
 from iiet_jax.parallel import sharding as shd
 from iiet_jax.train.loss import next_token_sums
 from iiet_jax.train.state import TrainState
@@ -43,10 +45,24 @@ def _split_micro(batch: Batch, k: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
+def scale_history_updates(updates, scale: float):
+  """Multiplies the updates of the history parameters (HISTORY_PARAMS) by
+  `scale`: their learning rate times `scale`. Stateless, so the optimizer
+  state is the same tree with any scale (the switch carries it over)."""
+  if scale == 1.0:
+    return updates
+
+  def pick(path, u):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    return u * scale if any(re.search(p, name) for p in HISTORY_PARAMS) else u
+  return jax.tree_util.tree_map_with_path(pick, updates)
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, micro_batches: int = 1,
                     z_loss: float = 0.0,
-                    objective: Callable | None = None) -> Callable:
+                    objective: Callable | None = None,
+                    history_lr_scale: float = 1.0) -> Callable:
   """The pure train step; jit it with `jit_train_step`.
 
   `objective(params, batch, *extra) -> (summed loss, sums)` replaces the
@@ -82,6 +98,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     count = jnp.maximum(sums["count"], 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updates = scale_history_updates(updates, history_lr_scale)
     params = optax.apply_updates(state.params, updates)
     loss = sums["nll"] / count
     new_state = state.replace(step=state.step + 1, params=params,
