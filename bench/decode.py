@@ -3,7 +3,8 @@
   python bench/decode.py [--teacher=runs/tiny] [--taus=0,0.05,0.2,0.6,0.7,0.8]
       [--sizes=tiny,55m] [--rounds=5] [--no_distill] [--plot=docs/decode_bench.png]
 
-Needs a trained IIET teacher (`bash launch/local.sh` makes runs/tiny). About
+Needs a trained IIET teacher: runs/tiny (`bash launch/local.sh`) or else the
+reproduction's IIET (runs/reproduce/iiet/seed_0), trained first if missing. About
 16 minutes on 2 CPU cores, 12 of them the six distillations, which later runs
 reuse (then about 4). The default taus give six distinct r_t on that teacher.
 Results and how to read them: docs/decode_bench.md.
@@ -70,7 +71,7 @@ def quality(teacher: str, taus, workdir: Path, distill: bool) -> dict:
                          val[:opened.config.distill.influence_batches])
   print(report.table(measured.state_change, f"influence of {teacher} "
                      f"(step {opened.run.step})"), flush=True)
-  out = {"teacher": teacher, "size": opened.config.variant.split("size=")[1],
+  out = {"teacher": teacher, "size": size_of(opened.config.variant),
          "iterations": list(model.config.iterations),
          "loss": inf.mean_loss(model, params, val), "taus": {}}
   by_r = {}  # taus that select the same r_t share one evaluation
@@ -97,6 +98,30 @@ def quality(teacher: str, taus, workdir: Path, distill: bool) -> dict:
   return out
 
 
+def teacher(path: str) -> str:
+  """The teacher to use: `path`, or runs/tiny, or the reproduction's IIET
+  (configs/reproduce.py, seed 0), trained here when it is missing."""
+  if path:
+    return path
+  if (ROOT / "runs" / "tiny" / "summary.json").exists():
+    return str(ROOT / "runs" / "tiny")
+  workdir = ROOT / "runs" / "reproduce" / "iiet" / "seed_0"
+  if not (workdir / "summary.json").exists():
+    print(f"no teacher yet: training the reproduction's IIET in {workdir} "
+          f"(about 5 minutes)", flush=True)
+    cmd = [sys.executable, "-m", "iiet_jax.main", "train",
+           "--config=configs/reproduce.py:size=tiny,system=iiet",
+           f"--workdir={workdir}", "--config.seed=0"]
+    if subprocess.run(cmd, cwd=ROOT).returncode:
+      raise SystemExit(f"training the teacher failed: {' '.join(cmd)}")
+  return str(workdir)
+
+
+def size_of(variant: str) -> str:
+  """'model=iiet,size=tiny' or 'size=tiny,system=iiet' -> 'tiny'."""
+  return dict(item.partition("=")[::2] for item in variant.split(","))["size"]
+
+
 def distilled(variant: str, teacher: str, tau: float, root: Path) -> dict:
   """Runs (or reads the finished) `iiet distill` into root/tau_<tau>."""
   workdir = root / f"tau_{tau:g}"
@@ -104,7 +129,8 @@ def distilled(variant: str, teacher: str, tau: float, root: Path) -> dict:
   if not summary.exists():
     workdir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "iiet_jax.main", "distill",
-           f"--config=configs/lm.py:{variant}", f"--workdir={workdir}",
+           f"--config=configs/lm.py:model=iiet,size={size_of(variant)}",
+           f"--workdir={workdir}",
            f"--config.distill.teacher={teacher}",
            f"--config.distill.tau={tau}", *DISTILL]
     print(f"distilling tau={tau:g} into {workdir} (log: distill.log)",
@@ -346,7 +372,9 @@ def plot(path: str, results: dict, teacher_loss: float) -> None:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--teacher", default="runs/tiny")
+  parser.add_argument("--teacher", default="", help="a trained IIET run; "
+                      "default runs/tiny (the main job's) if it exists, "
+                      "else the reproduction's IIET, trained if missing")
   parser.add_argument("--taus", default="0,0.05,0.2,0.6,0.7,0.8")
   parser.add_argument("--sizes", default="tiny,55m")
   parser.add_argument("--rounds", type=int, default=5)
@@ -355,6 +383,7 @@ def main():
   parser.add_argument("--plot", default="docs/decode_bench.png")
   args = parser.parse_args()
   start = time.perf_counter()
+  args.teacher = teacher(args.teacher)
   q = quality(args.teacher, [float(t) for t in args.taus.split(",")],
               Path(args.workdir), not args.no_distill)
   out = {"teacher": q["teacher"], "teacher_loss": round(q["loss"], 4),
