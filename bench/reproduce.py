@@ -7,7 +7,8 @@ Trains every system of configs/reproduce.py (Transformer++, PCformer, IIET,
 two-stage IIET with the default and SPEC switch init, the two Transformer++
 controls, the r ablation) for its seeds, one run after another in
 `ROOT/<system>/seed_<s>` through the real `iiet train`; distils E-IIET from
-IIET seed 0 at two iteration budgets through `iiet distill`; measures the
+IIET seed 0 at two iteration budgets through `iiet distill` (and, as the
+control, with every iteration kept); measures the
 switch jump (bench/switch_jump.py); exports every run and scores it with
 lm-evaluation-harness on an offline task generated from the validation
 split (bench/choice_task.py); times E-IIET decoding as bench/decode.py does;
@@ -44,7 +45,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import choice_task  # noqa: E402  (bench/ siblings)
 
-BUDGETS = (0.25, 0.5)   # E-IIET: share of IIET's iterations kept
+# E-IIET: share of IIET's iterations kept; 1.0 is the control, the same
+# distillation steps with no cut (distilling is also extra training).
+BUDGETS = (0.25, 0.5, 1.0)
 QUICK = {"total_steps": 60, "checkpoint.every": 15, "eval_every": 15,
          "log_every": 5, "optimizer.warmup_steps": 5,
          "data.eval_batches": 2}
