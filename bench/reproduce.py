@@ -21,7 +21,7 @@ The two-stage runs start from a copy of their seed's Transformer++
 checkpoint at the switch step: the same state, data position and schedule
 the two-stage run would reach itself, so its first 75% is not trained twice.
 
-Full run: about 80 minutes on 2 CPU cores. `--quick` (60 steps, one seed,
+Full run: about 80 minutes on 2 CPU cores. `--quick` (40 steps, one seed,
 12 steps of distillation, 100 task items) checks the plumbing in a few
 minutes and writes its report under ROOT instead of docs/. The last output
 line is one JSON object: every system's final validation loss and accuracy.
@@ -48,7 +48,7 @@ import choice_task  # noqa: E402  (bench/ siblings)
 # E-IIET: share of IIET's iterations kept; 1.0 is the control, the same
 # distillation steps with no cut (distilling is also extra training).
 BUDGETS = (0.25, 0.5, 1.0)
-QUICK = {"total_steps": 60, "checkpoint.every": 15, "eval_every": 15,
+QUICK = {"total_steps": 40, "checkpoint.every": 10, "eval_every": 10,
          "log_every": 5, "optimizer.warmup_steps": 5,
          "data.eval_batches": 2}
 QUICK_DISTILL_STEPS = 12

@@ -119,8 +119,10 @@ def render(results, figures: dict) -> str:
       "`runs/reproduce/results.json`; redraw with `python "
       "bench/reproduction_report.py runs/reproduce/results.json`).",
       "",
-      f"- Machine: {results['machine']}, CPU only, float32. This run of "
-      f"the command took {minutes:.0f} minutes"
+      f"- Machine: {results['machine']}, CPU only, float32. This "
+      f"invocation of the command took {minutes:.0f} minutes; the training "
+      f"runs in it took {results.get('train_seconds', 0) / 60:.0f} "
+      f"minutes in all"
       + (" (--quick: plumbing only, not results)" if results["quick"]
          else "") + ".",
       f"- Size `{results['size']}` of configs/lm.py (4 layers, d=128, 4 "
@@ -130,7 +132,8 @@ def render(results, figures: dict) -> str:
       f"batches for a given seed (seeds set init and data order).",
       "- Validation loss: the fixed validation pass (8 batches). Accuracy: "
       "lm-evaluation-harness on each run's Hugging Face export, task "
-      "`iiet_heldout_choice` (bench/choice_task.py): 500 items generated "
+      f"`iiet_heldout_choice` (bench/choice_task.py): "
+      f"{results.get('task_items')} items generated "
       "from the validation split, the true 32-character continuation of a "
       "held-out snippet against three from other held-out places; chance "
       "is 25%.",
