@@ -108,7 +108,8 @@ def main() -> None:
   print(table)
   out = Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text("# Switch options (`python bench/switch_options.py`)\n\n"
+  command = " ".join(["python", "bench/switch_options.py", *sys.argv[1:]])
+  out.write_text(f"# Switch options (`{command}`)\n\n"
                  f"{args.seeds} seeds of the tiny two-stage IIET, each from "
                  "its seed's Transformer++ checkpoint at step 450 (of 600); "
                  "mean ± std over seeds. See bench/switch_options.py for "
