@@ -56,6 +56,8 @@ def _tight_y(ax, results, names):
 def loss_vs_flops(results, out: Path) -> Path:
   fig, ax = plt.subplots(figsize=(7.5, 4.5))
   for name, row in results["systems"].items():
+    if name.startswith("eiiet"):  # their cost is the teacher's plus this
+      continue
     color = COLORS.get(name, "tab:purple")
     ax.errorbar(row["train_flops"], row["loss_mean"],
                 yerr=row["loss_std"] or 0, fmt="o", color=color, capsize=3)
@@ -71,7 +73,8 @@ def loss_vs_flops(results, out: Path) -> Path:
   ax.set_xscale("log")
   ax.set_xlabel("training FLOPs (analytic, train/flops.py)")
   ax.set_ylabel("final validation loss")
-  ax.set_title("Loss against training compute (curves: validation loss)")
+  ax.set_title("Loss against training compute (lines: validation curves "
+               "of T++, IIET, T++ at IIET's FLOPs)", fontsize=10)
   _tight_y(ax, results, results["systems"])
   ax.grid(alpha=0.3, which="both")
   return _save(fig, out / "loss_vs_flops.png")
