@@ -49,7 +49,7 @@ def phases(config) -> list[Phase]:
     return [Phase(arch, 0, total, config)]
   if "switch" in config:
     try:
-      switch_init.check(config.switch, arch)
+      switch_init.check(config.switch)
     except switch_init.SwitchInitError as err:
       raise PlanError(str(err)) from None
   if arch == "transformer":

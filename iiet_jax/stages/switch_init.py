@@ -52,7 +52,7 @@ class SwitchInitError(ValueError):
   """A switch initialisation that the configured model cannot take."""
 
 
-def check(switch_cfg, arch: str) -> None:
+def check(switch_cfg) -> None:
   """Validates the `switch` block of a config (before anything runs)."""
   if switch_cfg.history_init not in HISTORY_INITS:
     raise SwitchInitError(
@@ -71,7 +71,6 @@ def check(switch_cfg, arch: str) -> None:
     raise SwitchInitError(
         f"switch.history_lr_scale={scale} must be > 0 (1 keeps the "
         f"optimizer's learning rate for the new parameters).")
-  del arch
 
 
 def residual_states(intermediates) -> list[jax.Array]:
