@@ -74,6 +74,22 @@ def _plain(value):
   return list(value) if isinstance(value, (list, tuple)) else value
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, minus its own questions to JAX's preemption service.
+
+  At every save Orbax asks `reached_preemption_sync_point(step)`, only for
+  its statistics and logs. The training loop must be that service's only
+  caller, since it numbers its calls and not its steps
+  (iiet_jax/parallel/preemption.py). A call with a step number would move
+  the service's counter, and the processes could miss the stopping point
+  they agreed on.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
 class Checkpoints:
   """Save / restore of whole training steps in one directory."""
 
@@ -92,7 +108,7 @@ class Checkpoints:
         preservation_policy=policies.AnyPreservationPolicy(preserve),
         enable_async_checkpointing=async_save, create=True,
         cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(
+    self._manager = _Manager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler(),
@@ -181,13 +197,6 @@ class Checkpoints:
           f"states {saved}, written by another number of processes than the "
           f"{n} running now. Resume with the same number of processes.")
 
-  def reached_preemption(self, step: int) -> bool:
-    """Whether the cluster announced a preemption (multi-host TPU / GPU
-    runs with JAX's preemption service); the SIGTERM handler covers the rest."""
-    if jax.process_count() == 1:
-      return False
-    return bool(self._manager.reached_preemption(step))
-
   def wait(self) -> None:
     """Blocks until every save in flight is complete on disk."""
     self._manager.wait_until_finished()
@@ -258,7 +267,7 @@ def save_params(directory: epath.PathLike, step: int, params,
   """A parameters-only checkpoint (what `iiet import` writes): readable by
   `saved_run` / `restore_params`, so warm starts and every command that
   reads a finished run accept it."""
-  manager = ocp.CheckpointManager(
+  manager = _Manager(
       epath.Path(directory), options=ocp.CheckpointManagerOptions(create=True),
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "config": ocp.JsonCheckpointHandler(),

@@ -1,1 +1,2 @@
-"""Parallelism: device meshes, the logical-axis rules, multi-host set-up."""
+"""Parallelism: device meshes, the logical-axis rules, multi-host set-up,
+the agreed stop on SIGTERM."""

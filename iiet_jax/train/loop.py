@@ -8,14 +8,15 @@ steps through the phases, switching models between them. Around the pure
 `train_step` it feeds batches, logs metrics (screen, metrics.jsonl,
 TensorBoard), evaluates every `eval_every` steps, and checkpoints every
 `checkpoint.every` steps, at each phase end and on SIGTERM, after which it
-returns normally so the process exits 0.
+returns normally so the process exits 0. With several processes, a SIGTERM
+to any of them stops all of them after the same step, with no per-step
+collective (`parallel/preemption.py`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
+from iiet_jax.parallel.preemption import Preemption
 from iiet_jax import stages
 from iiet_jax.stages import pretrain
 from iiet_jax.stages import switch_init
@@ -34,29 +36,6 @@ from iiet_jax.train import flops
 from iiet_jax.train import step as step_lib
 from iiet_jax.train.build import Training, build_training
 from iiet_jax.train.writers import MetricWriters
-
-
-class Preemption:
-  """Turns SIGTERM into a request to checkpoint and stop after this step."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def agreed(self, manager_says: bool) -> bool:
-    """Whether every process stops now (they must stop at the same step)."""
-    local = self.requested or manager_says
-    if jax.process_count() == 1:
-      return local
-    from jax.experimental import multihost_utils
-    return bool(np.any(multihost_utils.process_allgather(np.array(local))))
-
-  def restore(self) -> None:
-    signal.signal(signal.SIGTERM, self._previous)
 
 
 def abstract_state(training: Training):
@@ -195,7 +174,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
           writers.event(step, f"validation loss {val['loss']:.4f}, "
                         f"perplexity {val['perplexity']:.1f}")
           evaluated = {ckpt_lib.VALIDATION_METRIC: val["loss"]}
-        stop = preemption.agreed(checkpoints.reached_preemption(step))
+        stop = preemption.reached()
         if (step % config.checkpoint.every == 0 or step == phase.end or stop):
           checkpoints.save(step, state, loaders.train.grain_iterator,
                            config_json, description(phase), evaluated)
@@ -217,7 +196,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
     return _finish(config, workdir, step, metrics, val, timer,
                    writers, checkpoints, loaders, preempted=False, extra=extra)
   finally:
-    preemption.restore()
+    preemption.close()
 
 
 def _residual_sums(previous: Training, params, loaders, config):
