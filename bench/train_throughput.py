@@ -19,12 +19,11 @@ almost nothing. Rows (`--archs` picks a subset; ratios need their base row):
                    3,2,2,1,1,1,1,1,0,0,0,0 (a front-loaded pattern chosen
                    here, not one IIAD selected; at 55m a third of IIET's
                    iterations); other sizes stretch the 55m pattern over
-                   their layers. Layers unrolled, so each layer runs its own
-                   r_t and the FLOPs ratio is what it should cost
-  eiiet_scan       (not by default) the same E-IIET with layers under
-                   nn.scan, the config default: its time over eiiet's is
-                   what per-layer r_t cost in that layout (models/iiet.py
-                   says how it runs them)
+                   their layers. Scanned layers, the config default: the
+                   lean history scan runs each run of equal r_t with its own
+                   count (models/history_scan.py), so the FLOPs ratio is
+                   what it should cost
+  eiiet_unrolled   (not by default) the same E-IIET with layers unrolled
   transformer_nfe  Transformer++ with as many layers as IIET has block
                    evaluations; IIET's time over it isolates the IIET
                    plumbing from how fast this machine runs blocks compared
@@ -71,7 +70,7 @@ from iiet_jax.train import flops
 from iiet_jax.train.build import build_training
 
 ROOT = Path(__file__).resolve().parents[1]
-JAX_ROWS = ("transformer", "pcformer", "iiet", "eiiet", "eiiet_scan",
+JAX_ROWS = ("transformer", "pcformer", "iiet", "eiiet", "eiiet_unrolled",
             "transformer_nfe", "pcformer_nfe")
 TORCH_ROWS = ("torch_transformer", "torch_pcformer", "torch_iiet",
               "torch_eiiet")
@@ -111,7 +110,7 @@ def row_config(row: str, size: str, args):
                  num_layers=sum(reference.block_evaluations_per_layer()))
   if arch.startswith("eiiet"):
     model["iterations"] = eiiet_iterations(size, model["num_layers"])
-    model["scan_layers"] = arch == "eiiet_scan"
+    model["scan_layers"] = arch != "eiiet_unrolled"
   cfg = with_model(cfg, ModelConfig.from_dict(model))
   with cfg.unlocked():
     cfg.batch_size, cfg.seq_len = args.batch, args.seq_len

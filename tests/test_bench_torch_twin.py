@@ -57,7 +57,7 @@ def test_rows_are_the_documented_models():
     cfg = lambda row: train_throughput.row_config(row, size, args).model
     iiet, eiiet = cfg("iiet"), cfg("eiiet")
     assert len(eiiet.iterations) == eiiet.num_layers == iiet.num_layers
-    assert not eiiet.scan_layers and cfg("eiiet_scan").scan_layers
+    assert eiiet.scan_layers and not cfg("eiiet_unrolled").scan_layers
     assert cfg("transformer_nfe").num_layers == iiet.num_layers * 4
     assert cfg("pcformer_nfe").num_layers == iiet.num_layers * 3
     assert cfg("torch_iiet") == iiet

@@ -3,8 +3,8 @@
 `W` mixes the history into the input of every implicit iteration, `Wc` into
 the layer output; both are (L+1) x (L+1) and only their lower triangle is read.
 `History` owns the two matrices and hands the layer stack what it needs: the
-per-layer slices (diagonal weight and the column feeding later layers) and the
-accumulators started from S_0 = Embed(x). `HistoryLayer` is the part of a
+per-layer slices (diagonal weights and the rows that mix earlier states) and
+the state buffer started from S_0 = Embed(x). `HistoryLayer` is the part of a
 layer core that IIET and PCformer share: B_t, LNp_t, LNc_t, the corrector step
 and the output mix; `history_decoder` runs such a core over all layers.
 """
@@ -38,27 +38,28 @@ def history_init(key, shape, dtype=jnp.float32) -> Array:
 
 
 class History(nn.Module):
-  """W, Wc and the views of them that the layer stack reads."""
+  """W, Wc and the per-layer views of them that the layer stack reads."""
   config: ModelConfig
 
   @nn.compact
   def __call__(self, s0_BTD: Array):
-    """Returns (per-layer slices with a leading L axis, (A_0, C_0))."""
-    L = self.config.num_layers
+    """Returns (per-layer slices with a leading L axis, the state buffer
+    [L+1, B, T, D] holding S_0 = Embed(x) in row 0)."""
+    cfg = self.config
+    L = cfg.num_layers
     w = param(self, "weight", (L + 1, L + 1), (None, None), history_init)
     wc = param(self, "weight_c", (L + 1, L + 1), (None, None), history_init)
-    # Layer t = i + 1 feeds later layers r > i through W[r + 1, t].
-    later_LL = jnp.tril(jnp.ones((L, L), jnp.float32), -1)
+    w32, wc32 = w.astype(jnp.float32), wc.astype(jnp.float32)
+    # Layer i is t = i + 1: it reads S_j, j < t, through row t of W and Wc.
+    strict_LJ = (jnp.arange(L + 1)[None, :] < jnp.arange(1, L + 1)[:, None])
     layer_xs = {
-        "w_self": jnp.diagonal(w)[1:].astype(jnp.float32),
-        "c_self": jnp.diagonal(wc)[1:].astype(jnp.float32),
-        "w_future": (w[1:, 1:].astype(jnp.float32) * later_LL).T,
-        "c_future": (wc[1:, 1:].astype(jnp.float32) * later_LL).T,
+        "w_self": jnp.diagonal(w32)[1:],
+        "c_self": jnp.diagonal(wc32)[1:],
+        "mix": jnp.stack([w32[1:] * strict_LJ, wc32[1:] * strict_LJ], 1),
     }
-    s0_1BTD = s0_BTD.astype(jnp.float32)[None]
-    w_acc_LBTD = w[1:, 0].astype(jnp.float32)[:, None, None, None] * s0_1BTD
-    c_acc_LBTD = wc[1:, 0].astype(jnp.float32)[:, None, None, None] * s0_1BTD
-    return layer_xs, (w_acc_LBTD, c_acc_LBTD)
+    states_JBTD = jnp.zeros((L + 1,) + s0_BTD.shape, cfg.compute_dtype)
+    states_JBTD = states_JBTD.at[0].set(s0_BTD.astype(cfg.compute_dtype))
+    return layer_xs, states_JBTD
 
 
 def history_mix(prefix_BTD: Array, weight: Array, s_BTD: Array,
@@ -72,6 +73,11 @@ class HistoryLayer(nn.Module):
   """Base of the IIET / PCformer layer cores (see stack.py for the signature)."""
   config: ModelConfig
   index: int | None = None  # static layer index when unrolled
+
+  @classmethod
+  def runs(cls, cfg: ModelConfig):
+    """(first layer, end, core fields) of the scans the lean stack runs."""
+    return [(0, cfg.num_layers, {})]
 
   def setup(self):
     self.block = DecoderBlock(self.config)          # B_t
@@ -100,8 +106,8 @@ def history_decoder(config: ModelConfig, core, h0_BTD, positions_BT,
   """Runs `core` over the layers with the history; call inside a compact
   `__call__` (creates the `history` and `stack` submodules). Returns
   (h_L, new keys and values [L, E, B, T, N, H] when decoding with `kv`)."""
-  xs, accumulators = History(config, name="history")(h0_BTD)
+  xs, states_JBTD = History(config, name="history")(h0_BTD)
   xs.update(layer_xs or {})
-  (h_BTD, _, _), kv = LayerStack(config, core, history=True, name="stack")(
-      (h0_BTD, *accumulators), xs, shared, positions_BT, segment_ids_BT, kv)
+  (h_BTD, _), kv = LayerStack(config, core, history=True, name="stack")(
+      (h0_BTD, states_JBTD), xs, shared, positions_BT, segment_ids_BT, kv)
   return h_BTD, kv

@@ -34,6 +34,18 @@ Array = jax.Array
 
 class IIETLayer(HistoryLayer):
   """Layer core: predictor, r_t implicit iterations, history output mix."""
+  # A static r for every layer this core runs (a run of equal r_t).
+  num_iterations: int | None = None
+
+  @classmethod
+  def runs(cls, cfg: ModelConfig):
+    """Consecutive layers with equal r_t, each run with its static count."""
+    runs, start = [], 0
+    for i in range(1, cfg.num_layers + 1):
+      if i == cfg.num_layers or cfg.iterations[i] != cfg.iterations[start]:
+        runs.append((start, i, {"num_iterations": cfg.iterations[start]}))
+        start = i
+    return runs
 
   def __call__(self, h_BTD, prefix, layer_xs, shared, positions_BT,
                segment_ids_BT, cache=None):
@@ -45,7 +57,9 @@ class IIETLayer(HistoryLayer):
     s_BTD = self.predictor_norm(b_BTD)
     predictor_BTD = s_BTD
 
-    if self.index is not None:
+    if self.num_iterations is not None:
+      num_iterations, masked = self.num_iterations, False
+    elif self.index is not None:
       num_iterations, masked = cfg.iterations[self.index], False
     else:
       num_iterations, masked = cfg.max_iterations, not cfg.uniform_iterations

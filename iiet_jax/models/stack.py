@@ -20,14 +20,15 @@ core is not rematerialised when decoding; training passes no cache and runs
 as before.
 
 For IIET and PCformer the stack also keeps the ODE history (SPEC.md sections
-3-4). Instead of carrying the list S_0..S_t, it carries two float32
-accumulators A, C of shape [L, B, T, D] whose row t already holds
-sum_{j<t} W[t, j] S_j and sum_{j<t} Wc[t, j] S_j; after layer t finishes,
-S_t is pushed into the rows of all later layers. Pushes and reads are linear,
-so reverse mode saves nothing of A or C: only S_t and the core's inputs are
-kept per layer, and activation memory grows linearly in L. The bookkeeping runs
-outside `nn.remat` on purpose: a rematerialised core that read A[t] itself
-would save the whole accumulator at every layer (memory quadratic in L).
+3-4): a buffer [L+1, B, T, D] of the states S_0..S_L in the compute dtype.
+Layer t reads sum_{j<t} W[t, j] S_j and sum_{j<t} Wc[t, j] S_j in one pass
+over it and writes its own row once. When a scanned history stack is
+differentiated (training, `_lean`), it runs as `history_scan`
+(history_scan.py): a custom VJP that keeps only the final buffer and each
+layer's input, so activation memory grows linearly in L, and that runs runs of
+layers with equal E-IIET r_t under their own static iteration count.
+Initialisation, decoding and reading intermediates take the Flax scan below
+with the same buffer.
 
 Measured choice of scan vs unroll (`python bench/layer_stack.py`, IIET r=3,
 d=256, B=2, T=256, float32, full remat, gradient of the loss, XLA CPU;
@@ -44,8 +45,7 @@ linearly, 5x slower at L=24 plus 15x the tracing time), and temporary memory
 grows by ~4 MiB (8 saved [B, T, D] states) per layer, while the unrolled stack
 keeps 10-14x more alive because XLA may schedule the rematerialised layers
 early. `scan_layers=False` stays for debugging and per-layer inspection.
-Remat around the whole step instead (history accumulators inside the remat)
-makes memory quadratic: tests/test_memory.py measures the growth.
+tests/test_memory.py guards the linear growth of the history's memory.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from iiet_jax.models.config import ModelConfig
+from iiet_jax.models.history_scan import history_scan, read_mixes
 from iiet_jax.models.layers import KVCache, LayerCache, kv_stack
 
 Array = jax.Array
@@ -97,14 +98,13 @@ class _Step(nn.Module):
                               segment_ids_BT, cache)
       return h_BTD, new_kv
 
-    h_BTD, w_acc_LBTD, c_acc_LBTD = carry
-    prefix = (w_acc_LBTD[i], c_acc_LBTD[i])
-    h_BTD, s_BTD, new_kv = core(h_BTD, prefix, layer_xs, shared, positions_BT,
-                                segment_ids_BT, cache)
-    s32_1BTD = s_BTD.astype(jnp.float32)[None]
-    w_acc_LBTD = w_acc_LBTD + layer_xs["w_future"][:, None, None, None] * s32_1BTD
-    c_acc_LBTD = c_acc_LBTD + layer_xs["c_future"][:, None, None, None] * s32_1BTD
-    return (h_BTD, w_acc_LBTD, c_acc_LBTD), new_kv
+    h_BTD, states_JBTD = carry
+    mixes_2BTD = read_mixes(layer_xs["mix"], states_JBTD)
+    h_BTD, s_BTD, new_kv = core(h_BTD, mixes_2BTD, layer_xs, shared,
+                                positions_BT, segment_ids_BT, cache)
+    states_JBTD = jax.lax.dynamic_update_index_in_dim(
+        states_JBTD, s_BTD.astype(states_JBTD.dtype), i + 1, 0)
+    return (h_BTD, states_JBTD), new_kv
 
 
 class LayerStack(nn.Module):
@@ -123,6 +123,9 @@ class LayerStack(nn.Module):
     cfg = self.config
     L = cfg.num_layers
     layer_xs = dict(layer_xs, layer=jnp.arange(L))
+    if self.history and self._lean(kv):
+      return self._lean_history(carry, layer_xs, shared, positions_BT,
+                                segment_ids_BT), None
     if cfg.scan_layers:
       scanned = nn.scan(
           _Step,
@@ -142,6 +145,40 @@ class LayerStack(nn.Module):
           carry, xs_i, shared, positions_BT, segment_ids_BT, kv)
       new_kvs.append(new_kv)
     return carry, kv_stack(new_kvs)
+
+
+  def _lean(self, kv) -> bool:
+    """Training and evaluation of a scanned history stack take the lean
+    custom-VJP scan; initialisation, decoding and reading intermediates
+    take the Flax scan, whose autodiff would save the buffer per layer."""
+    return (self.config.scan_layers and kv is None
+            and not self.is_initializing()
+            and not self.is_mutable_collection("intermediates"))
+
+  def _lean_history(self, carry, layer_xs, shared, positions_BT,
+                    segment_ids_BT):
+    cfg = self.config
+    h0_BTD, _ = carry
+    params_L = self.variables["params"]["layers"]["layer"]
+    xs = {k: v for k, v in layer_xs.items() if k != "mix"}
+
+    def make_core(kwargs):
+      module = self.core(cfg, None, parent=None, **kwargs)
+
+      def core(p, xs_i, shared, h_BTD, mixes_2BTD, positions_BT,
+               segment_ids_BT):
+        h_BTD, s_BTD, _ = module.apply({"params": p}, h_BTD, mixes_2BTD,
+                                       xs_i, shared, positions_BT,
+                                       segment_ids_BT, None)
+        return h_BTD, s_BTD
+
+      return core
+
+    runs = [(a, b, make_core(kwargs)) for a, b, kwargs in self.core.runs(cfg)]
+    policy = None if cfg.remat_policy == "none" else remat_policy(cfg)
+    h_BTD = history_scan(runs, policy, params_L, layer_xs["mix"], xs, shared,
+                         h0_BTD, positions_BT, segment_ids_BT)
+    return h_BTD, None
 
 
 def unstack_layers(params, num_layers: int):
