@@ -25,8 +25,8 @@ the `scan` row is the masked scanned stack, which runs max(r_t) everywhere.
 Sizes other than the teacher's have no teacher here: their r_t keep the share
 of iterations each tau kept on the teacher, front-first (earlier layers keep
 theirs first, as the influence shows), and are marked "derived".
-The plot is drawn with numpy into iiad/report.py's PNG writer; the last line
-of output is one JSON object.
+The plot is drawn with matplotlib (the `plot` extra); the last line of output
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iiet_jax import plots
 from iiet_jax.commands import open_run
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.decode import decode_step, init_cache, prefill
@@ -291,83 +292,59 @@ def print_table(results: dict) -> None:
                          for n in notes))
 
 
-# 3x5 glyphs, one octal digit per row (4 = left pixel), for the plot's labels.
-FONT = dict(zip("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ.%-+=,()/:_ ", (
-    "75557 26227 71747 71317 55711 74717 74757 71222 75757 75717 25755 65656 "
-    "34443 65556 74647 74644 34553 55755 72227 11152 55655 44447 57755 65555 "
-    "25552 65644 25563 65655 34216 72222 55557 55552 55775 55255 55222 71247 "
-    "00002 51245 00700 02720 07070 00024 24442 21112 11244 02020 00007 00000"
-).split()))
-
-
 def plot(path: str, results: dict, teacher_loss: float) -> None:
   """Decode cost (x) against validation loss (y) at the teacher's size."""
-  W, H, L, R, T, B = 900, 580, 90, 30, 110, 70
-  img = np.full((H, W, 3), 255, np.uint8)
-
-  def text(x, y, s, color=(0, 0, 0), k=2):
-    for i, ch in enumerate(s.upper()):
-      rows = [[int(c) >> (2 - b) & 1 for b in range(3)] for c in FONT[ch]]
-      y0, x0 = int(y), int(x) + 4 * k * i
-      if 0 <= y0 <= H - 5 * k and 0 <= x0 <= W - 3 * k:
-        img[y0 - 1:y0 + 5 * k + 1, x0 - 1:x0 + 4 * k] = 255  # over lines
-        img[y0:y0 + 5 * k, x0:x0 + 3 * k][np.kron(
-            np.array(rows, bool), np.ones((k, k), bool))] = color
-
-  def line(x0, y0, x1, y1, color, dash=0, w=1):
-    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-    for i, (x, y) in enumerate(zip(np.linspace(x0, x1, n),
-                                   np.linspace(y0, y1, n))):
-      if not dash or (i // dash) % 2 == 0:
-        img[int(y) - w // 2:int(y) + w - w // 2 + 1,
-            int(x) - w // 2:int(x) + w - w // 2 + 1] = color
-
-  keys = {"loss_truncated": (30, 100, 220), "loss_distilled": (240, 130, 0)}
-  losses = [r[k] for r in results.values() for k in keys if k in r]
+  plt = plots.pyplot()
+  colors = {"loss_truncated": "tab:blue", "loss_distilled": "tab:orange"}
+  labels = {"loss_truncated": "cut to r_t, no training",
+            "loss_distilled": "distilled (IIAD, 150 steps)"}
+  losses = [r[k] for r in results.values() for k in colors if k in r]
   # Up to 3% above the teacher; points beyond sit on the top edge, labelled.
   lo, hi = min(losses) - 0.02, min(max(losses), 1.03 * teacher_loss) + 0.02
-  xmax = max(1.1, max(r["decode_cost"] for r in results.values()) + 0.1)
-  px = lambda c: L + (W - L - R) * c / xmax
-  py = lambda v: T + (H - T - B) * (hi - min(v, hi)) / (hi - lo)
-  line(L, H - B, W - R, H - B, (0, 0, 0))
-  line(L, T, L, H - B, (0, 0, 0))
-  for c in np.arange(0, xmax, 0.1):
-    line(px(c), H - B, px(c), H - B + 5, (0, 0, 0))
-    text(px(c) - 12, H - B + 10, f"{c:.1f}")
-  for v in np.linspace(lo, hi, 6):
-    line(L - 5, py(v), L, py(v), (0, 0, 0))
-    text(8, py(v) - 5, f"{v:.2f}")
-  text(L, H - 28, "decode cost relative to IIET (tiny, 1 / decode speed)")
-  text(10, 10, "validation loss (tiny), points labelled by tau")
-  text(W - 380, 10, "- cut to r_t, no training", keys["loss_truncated"])
-  text(W - 380, 26, "- distilled (IIAD, 150 steps)", keys["loss_distilled"])
-  text(W - 380, 42, "- paper: 45% cost, 99.4% accuracy", (200, 0, 0))
-  line(L, py(teacher_loss), W - R, py(teacher_loss), (120, 120, 120), dash=6)
-  text(L + 6, py(teacher_loss) - 14, "IIET teacher", (90, 90, 90))
+  fig, ax = plt.subplots(figsize=(9, 5.8), dpi=100)
+  ax.axhline(teacher_loss, color="0.45", ls="--", lw=1, label="IIET teacher")
   for n, r in results.items():
     if n.startswith("IIET unrolled") and "loss_distilled" in r:
-      v = r["loss_distilled"]
-      line(L, py(v), W - R, py(v), keys["loss_distilled"], dash=4)
-      text(W - R - 170, py(v) - 14, "no cut, same training",
-           keys["loss_distilled"])
-  line(px(PAPER["cost"]), T, px(PAPER["cost"]), H - B, (200, 0, 0), dash=6)
-  for name, label in (("Transformer++", "T++"), ("PCformer", "PC")):
+      ax.axhline(r["loss_distilled"], color=colors["loss_distilled"], ls=":",
+                 lw=1, label="distilled, no cut (same training)")
+  ax.axvline(PAPER["cost"], color="tab:red", ls="--", lw=1,
+             label=f"paper: {PAPER['cost']:.0%} cost, "
+                   f"{PAPER['accuracy_kept']:.1%} accuracy")
+  for name in ("Transformer++", "PCformer"):
     c = results[name]["decode_cost"]
-    line(px(c), T, px(c), H - B, (150, 150, 220), dash=3)
-    text(px(c) + 4, T + 4, label, (90, 90, 200))
-  text(10, T - 36, "above the top:", (90, 90, 90))
-  for row, (key, color) in enumerate(keys.items()):
+    ax.axvline(c, color="tab:purple", ls=":", lw=1)
+    ax.annotate(name, (c, 0.5), xycoords=("data", "axes fraction"),
+                xytext=(-3, 0), textcoords="offset points", rotation=90,
+                ha="right", va="center", fontsize=8, color="tab:purple")
+  for key, color in colors.items():
     pts = sorted((r["decode_cost"], r[key], n) for n, r in results.items()
                  if key in r and "scan" not in n)
-    for (c0, v0, _), (c1, v1, _) in zip(pts, pts[1:]):
-      line(px(c0), py(v0), px(c1), py(v1), color, w=2)
+    if not pts:
+      continue
+    cost = [c for c, _, _ in pts]
+    ax.plot(cost, [min(v, hi) for _, v, _ in pts], "o-", color=color, lw=1.8,
+            ms=5, label=labels[key], clip_on=False)
     for c, v, n in pts:
-      img[int(py(v)) - 4:int(py(v)) + 5, int(px(c)) - 4:int(px(c)) + 5] = color
       if key == "loss_truncated" and "tau=" in n:
-        text(px(c) - 8, H - B - 16, n.split("tau=")[1].split()[0].strip(")"))
+        ax.annotate(n.split("tau=")[1].split()[0].strip(")"), (c, lo),
+                    xytext=(0, 4), textcoords="offset points", ha="center",
+                    fontsize=8)
       if v > hi:
-        text(px(c) - 16, T - 36 + 16 * row, f"{v:.2f}", color)
-  Path(path).write_bytes(report._png(img))
+        ax.annotate(f"{v:.2f}", (c, hi), xytext=(6, -4),
+                    textcoords="offset points", ha="left", va="top",
+                    fontsize=8, color=color)
+  ax.set_xlim(0, max(1.1, max(r["decode_cost"] for r in results.values())
+                     + 0.1))
+  ax.set_ylim(lo, hi)
+  ax.set_xlabel("decode cost relative to IIET (1 / decode speed ratio)")
+  ax.set_ylabel("validation loss (nats/token)")
+  ax.set_title("E-IIET: decode cost against validation loss (points "
+               "labelled by tau; above the top edge: value written)",
+               fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc="upper right")
+  fig.tight_layout()
+  Path(path).write_bytes(plots.png_bytes(fig))
 
 
 def main():
@@ -382,6 +359,11 @@ def main():
   parser.add_argument("--no_distill", action="store_true")
   parser.add_argument("--plot", default="docs/decode_bench.png")
   args = parser.parse_args()
+  if args.plot:
+    try:
+      plots.pyplot()  # now, not after the measurements
+    except plots.PlotError as err:
+      raise SystemExit(f"--plot: {err} (or pass --plot=)")
   start = time.perf_counter()
   args.teacher = teacher(args.teacher)
   q = quality(args.teacher, [float(t) for t in args.taus.split(",")],

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from iiet_jax import plots
+
+plt = plots.pyplot()  # Agg; a clear PlotError without matplotlib
 
 MAIN = ("transformer", "pcformer", "iiet", "two_stage", "two_stage_spec_init",
         "transformer_equal_flops", "transformer_deep")

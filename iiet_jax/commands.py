@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 
 from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax import plots
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import report
 from iiet_jax.iiad import selection
@@ -72,9 +73,13 @@ def influence(workdir: str, batches: int, ablation: bool, tau: float | None,
   if tau is not None or budget is not None:
     result["selection"] = select(measured.state_change, model.config,
                                  opened.config.seq_len, tau, budget)
-  paths = report.write(opened.run.directory.parent, result,
-                       measured.state_change)
-  print(f"written    {paths[0]}, {paths[1]}")
+  run_dir = opened.run.directory.parent
+  out_json = report.write_json(run_dir, result)
+  try:  # the measurement stands without its figure
+    print(f"written    {out_json}, "
+          f"{report.write_heatmap(run_dir, measured.state_change)}")
+  except plots.PlotError as err:
+    print(f"written    {out_json}; no influence.png: {err}")
   return result
 
 

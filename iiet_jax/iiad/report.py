@@ -1,15 +1,14 @@
-"""Influence on screen and on disk: a table, influence.json, a heatmap PNG."""
+"""Influence on screen and on disk: a table, influence.json, a heatmap PNG
+(matplotlib, the `plot` extra)."""
 
 from __future__ import annotations
 
 import json
-import struct
-import zlib
 
 from etils import epath
 import numpy as np
 
-_CELL = 28  # pixels per (layer, iteration) cell
+from iiet_jax import plots
 
 
 def table(values_LR: np.ndarray, title: str) -> str:
@@ -23,42 +22,43 @@ def table(values_LR: np.ndarray, title: str) -> str:
   return "\n".join(lines)
 
 
-def _png(rgb_HW3: np.ndarray) -> bytes:
-  def chunk(kind: bytes, data: bytes) -> bytes:
-    body = kind + data
-    return (struct.pack(">I", len(data)) + body
-            + struct.pack(">I", zlib.crc32(body) & 0xFFFFFFFF))
-  h, w, _ = rgb_HW3.shape
-  rows = b"".join(b"\x00" + rgb_HW3[y].astype(np.uint8).tobytes()
-                  for y in range(h))
-  return (b"\x89PNG\r\n\x1a\n"
-          + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-          + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
-
-
 def heatmap(values_LR: np.ndarray) -> bytes:
-  """Layers down, iterations across; white (0) to deep blue (the maximum),
-  grey where an iteration does not run."""
+  """PNG: layers down, iterations across, each cell's value written in it;
+  white (0) to deep blue (the maximum), grey where an iteration does not
+  run (NaN)."""
+  plt = plots.pyplot()
   L, R = values_LR.shape
-  top = np.nanmax(values_LR) if np.any(~np.isnan(values_LR)) else 1.0
-  img = np.zeros((L * _CELL, R * _CELL, 3))
+  finite = values_LR[np.isfinite(values_LR)]
+  top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+  cmap = plt.get_cmap("Blues").with_extremes(bad="0.7")
+  fig, ax = plt.subplots(figsize=(2.4 + 0.9 * R, 1.4 + 0.4 * L), dpi=100)
+  image = ax.imshow(np.ma.masked_invalid(values_LR), cmap=cmap, vmin=0.0,
+                    vmax=top, aspect="auto")
   for t in range(L):
     for k in range(R):
       v = values_LR[t, k]
-      if np.isnan(v):
-        color = (160, 160, 160)
-      else:
-        x = float(v / top) if top > 0 else 0.0
-        color = (255 * (1 - x), 255 * (1 - 0.75 * x), 255 - 100 * x)
-      img[t * _CELL:(t + 1) * _CELL, k * _CELL:(k + 1) * _CELL] = color
-  img[::_CELL, :] = img[:, ::_CELL] = 255  # grid lines
-  return _png(img)
+      text, dark = ("-", False) if np.isnan(v) else (f"{v:.3g}", v > top / 2)
+      ax.text(k, t, text, ha="center", va="center", fontsize=8,
+              color="white" if dark else "black")
+  ax.set_xticks(range(R), [str(k + 1) for k in range(R)])
+  ax.set_yticks(range(L), [str(t + 1) for t in range(L)])
+  ax.set_xlabel("iteration k")
+  ax.set_ylabel("layer t")
+  ax.set_title("iteration influence", fontsize=10)
+  fig.colorbar(image, ax=ax, label="relative state change")
+  fig.tight_layout()
+  return plots.png_bytes(fig)
 
 
-def write(workdir: epath.PathLike, influence_json: dict,
-          state_change_LR: np.ndarray) -> tuple[epath.Path, epath.Path]:
-  workdir = epath.Path(workdir)
-  out_json, out_png = workdir / "influence.json", workdir / "influence.png"
-  out_json.write_text(json.dumps(influence_json, indent=2))
-  out_png.write_bytes(heatmap(state_change_LR))
-  return out_json, out_png
+def write_json(workdir: epath.PathLike, influence_json: dict) -> epath.Path:
+  out = epath.Path(workdir) / "influence.json"
+  out.write_text(json.dumps(influence_json, indent=2))
+  return out
+
+
+def write_heatmap(workdir: epath.PathLike,
+                  state_change_LR: np.ndarray) -> epath.Path:
+  """influence.png; a plots.PlotError without matplotlib."""
+  out = epath.Path(workdir) / "influence.png"
+  out.write_bytes(heatmap(state_change_LR))
+  return out
