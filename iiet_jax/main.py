@@ -15,6 +15,8 @@
       [--out=scores.npz]                   (per-token log-probabilities)
   iiet import --hf=HF_DIR --workdir=NEW [--config=...] [--overwrite]
                                            (then train with init_from=NEW)
+  iiet plot --workdir=RUN [RUN ...] [--out=FILE.png]
+                                           (loss curves; default RUN/curves.png)
 
 `train` runs or resumes the configured run in `--workdir`
 (iiet_jax/train/loop.py) and prints a summary at the end; `distill` is
@@ -32,7 +34,7 @@ from ml_collections import config_flags
 from iiet_jax import overrides
 
 COMMANDS = ("train", "sweep", "influence", "distill", "generate", "export",
-            "score", "import")
+            "score", "import", "plot")
 SAVED_RUN_COMMANDS = ("influence", "generate", "export", "score")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,7 +63,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "generate: sampling seed.")
 _STEP = flags.DEFINE_integer("step", None, "export / score: the checkpoint "
                              "step (default: the newest).")
 _OUT = flags.DEFINE_string("out", None, "export: the folder to write; "
-                           "score: an .npz for token_ids and logprobs.")
+                           "score: an .npz for token_ids and logprobs; "
+                           "plot: the PNG (default: RUN/curves.png).")
 _EXPORT_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                                   "export: weight dtype.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "export / import: replace "
@@ -85,6 +88,8 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv, command: str) -> None:
+  if command == "plot":
+    return plot(argv[1:])
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if command in SAVED_RUN_COMMANDS:
@@ -209,6 +214,19 @@ def import_hf() -> None:
     print(f"warning    {_HF.value} has no SentencePiece tokenizer.model: "
           f"runs from {out} tokenise with their own config.data.tokenizer "
           f"(set it to the model's tokenizer, or use data.source=tokens).")
+
+
+def plot(more_runs: list[str]) -> None:
+  """plot: --workdir=RUN and any further RUNs -> one PNG of loss curves."""
+  from iiet_jax import plots
+  if not _WORKDIR.value:
+    raise app.UsageError("plot needs --workdir=RUN [RUN ...]: training runs.")
+  runs = [_WORKDIR.value, *more_runs]
+  try:
+    out = plots.training_curves(runs, _OUT.value)
+  except (plots.PlotError, OSError) as err:
+    sys.exit(f"plot error: {err}")
+  print(f"plotted    {len(runs)} run(s) -> {out}")
 
 
 def run(argv: list[str] | None = None) -> None:
