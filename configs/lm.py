@@ -100,6 +100,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       history_lr_scale=1.0))
   config.log_every = 10 if tiny else 50       # metrics to screen and files
   config.eval_every = 100 if tiny else 1000   # validation passes
+  # (a, b): a jax.profiler trace of steps a..b-1 in WORKDIR/tensorboard
+  # (train/profiling.py), e.g. (100, 105) once compiled and warm; () for none.
+  config.profile_steps = ()
   config.checkpoint = ml_collections.ConfigDict(dict(
       every=100 if tiny else 1000,  # also at the end, the switch and SIGTERM
       keep=3,                       # the newest K steps

@@ -127,6 +127,7 @@ def main(argv, command: str) -> None:
   from iiet_jax.stages.merge import MergeError
   from iiet_jax.stages.pretrain import PlanError
   from iiet_jax.train import loop
+  from iiet_jax.train.profiling import ProfileError
 
   multihost.initialize()
   if command == "distill" and _DRY_RUN.value:
@@ -136,7 +137,8 @@ def main(argv, command: str) -> None:
                         budget=d.budget or None)
   try:
     summary = loop.train(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, MeshError, ShardingError, PlanError) as err:
+  except (ConfigError, MeshError, ShardingError, PlanError,
+          ProfileError) as err:
     sys.exit(f"Config error: {err}")
   except (CorpusError, PipelineError, TokenizerError, FileNotFoundError) as err:
     sys.exit(f"Data error: {err}")

@@ -33,6 +33,7 @@ from iiet_jax.stages import pretrain
 from iiet_jax.stages import switch_init
 from iiet_jax.stages import warm_start
 from iiet_jax.train import flops
+from iiet_jax.train import profiling
 from iiet_jax.train import step as step_lib
 from iiet_jax.train.build import Training, build_training
 from iiet_jax.train.writers import MetricWriters
@@ -62,6 +63,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
     workdir = epath.Path(os.path.abspath(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
   plan = stages.plan(config)
+  trace = profiling.StepTrace(config, workdir / "tensorboard")
   loaders = make_loaders(config)
   built: dict[str, Training] = {}
 
@@ -154,7 +156,8 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
       first = True
       while step < phase.end:
         t0 = time.perf_counter()
-        state, metrics = training.train_step(state, feed(next(loaders.train)))
+        state, metrics = trace.call(step + 1, training.train_step, state,
+                                    feed(next(loaders.train)))
         step += 1
         log = step % config.log_every == 0 or step == config.total_steps
         if log or first:
@@ -196,6 +199,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
     return _finish(config, workdir, step, metrics, val, timer,
                    writers, checkpoints, loaders, preempted=False, extra=extra)
   finally:
+    trace.close()
     preemption.close()
 
 
