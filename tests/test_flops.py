@@ -50,3 +50,19 @@ def test_chip_table_and_mfu():
   assert flops.mfu(cfg, 16, 1e6, "cpu") is None
   per_token = flops.train_flops_per_token(cfg, 16)
   assert flops.mfu(cfg, 16, 275e12 / per_token, "TPU v4") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("device_kind,peak,hbm", [
+    ("TPU v6 lite", 918.0, 31.25),   # v6e, as jax.devices() names it
+    ("NVIDIA H200", 989.0, 140.40),
+    ("NVIDIA B200", 2250.0, 179.06),
+    ("NVIDIA H100 80GB HBM3", 989.0, 80.0),
+    ("NVIDIA GH200 480GB", None, None),  # not an H200: 96 GB of HBM
+])
+def test_chip_table_knows_devices_by_their_device_kind(device_kind, peak,
+                                                       hbm):
+  assert flops.chip(device_kind) == (peak, hbm)
+  if peak is not None:
+    per_token = flops.train_flops_per_token(small_config(), 16)
+    assert flops.mfu(small_config(), 16, 0.5 * peak * 1e12 / per_token,
+                     device_kind) == pytest.approx(0.5)

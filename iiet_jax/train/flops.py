@@ -20,12 +20,17 @@ from __future__ import annotations
 from iiet_jax.models.config import ModelConfig
 
 # Dense bf16 peak TFLOP/s per chip, and the HBM XLA can allocate per device
-# (GiB), keyed by a substring of `device.device_kind`. Most specific first.
+# (GiB; for GPUs the card's total as nvidia-smi reports it), keyed by a
+# substring of `device.device_kind`. Most specific first. GPU kinds are the
+# CUDA device names: "NVIDIA H200" and "NVIDIA B200" do not match the Grace
+# superchips ("NVIDIA GH200 480GB", "NVIDIA GB200"), which differ in HBM.
 CHIPS = (
     ("TPU v5 lite", 197.0, 15.75),   # v5e
-    ("TPU v6 lite", 918.0, 31.25),   # v6e
+    ("TPU v6 lite", 918.0, 31.25),   # v6e (Trillium)
     ("TPU v5", 459.0, 95.74),        # v5p
     ("TPU v4", 275.0, 30.75),        # v4 (megacore chip)
+    ("NVIDIA B200", 2250.0, 179.06),  # 183,359 MiB
+    ("NVIDIA H200", 989.0, 140.40),   # 143,771 MiB; H100's SXM compute
     ("H100", 989.0, 80.0),
     ("A100", 312.0, 80.0),
 )
