@@ -19,7 +19,7 @@
 # root. --dry-run prints each command, runs none.
 # Install on every host (for slurm: one checkout on a shared file system) and
 # activate the environment first; slurm jobs inherit it:
-#   python3 -m venv .venv && .venv/bin/pip install -e . 'jax[cuda12]==0.10.2'
+#   python3 -m venv .venv && .venv/bin/pip install -e '.[gpu]'   # jax[cuda12], pinned
 #   source .venv/bin/activate
 # Examples:
 #   launch/gpu_cluster.sh slurm --nodes=4 --gpus-per-node=8 --time=24:00:00 -- \
