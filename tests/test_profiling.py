@@ -36,8 +36,8 @@ def _config(value, total_steps=10):
                                         total_steps=total_steps))
 
 
-@pytest.mark.parametrize("value,window", [((), None), ((3, 5), (3, 5)),
-                                          ([1, 2], (1, 2)), ((10, 99), (10, 99))])
+@pytest.mark.parametrize("value,window", [
+    ((), None), ((3, 5), (3, 5)), ([1, 2], (1, 2)), ((10, 99), (10, 99))])
 def test_window_of_good_values(value, window):
   assert profiling.window(_config(value)) == window
 
@@ -53,6 +53,7 @@ def test_window_of_good_values(value, window):
     ((1, 2, 3), r"profile_steps=\(1, 2, 3\): give two step numbers"),
     ((1.5, 3), r"profile_steps=\(1.5, 3\): give two step numbers"),
     ("2,4", r"profile_steps='2,4': give two step numbers"),
+    (5, r"profile_steps=5: give two step numbers"),
 ])
 def test_bad_values_are_config_errors_naming_them(value, message):
   with pytest.raises(profiling.ProfileError, match=message):

@@ -22,10 +22,11 @@ class ProfileError(ValueError):
 def window(config) -> tuple[int, int] | None:
   """(a, b) from config.profile_steps, None when empty; checked."""
   value = config.get("profile_steps", ())
-  if value is None or (not isinstance(value, str) and len(value) == 0):
+  sequence = isinstance(value, (tuple, list))
+  if value is None or (sequence and not value):
     return None
   total = config.total_steps
-  if (isinstance(value, str) or len(value) != 2
+  if (not sequence or len(value) != 2
       or not all(isinstance(v, int) and not isinstance(v, bool)
                  for v in value)):
     raise ProfileError(f"profile_steps={value!r}: give two step numbers "
