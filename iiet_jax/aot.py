@@ -9,6 +9,14 @@ temporaries, total against the chip's HBM), compiled and analytic FLOPs, and a
 final JSON line with the same numbers. Topology names are GENERATION:SHAPE,
 e.g. v5e:4x4 (v5e-16), v4:2x2x4 (v4-32, one device per megacore chip),
 v5p:2x2x4, v6e:4x4.
+
+  python -m iiet_jax.aot --config=... --topology=v5e:4x4 --fit
+
+searches instead: for each remat policy, the fewest micro-batches that fit
+(counts double from the least the least hungry policy "full" needs), then
+prints the overrides of every fitting setting, fastest first by compiled
+FLOPs per step (XLA's count of one micro-batch, times their number; remat
+recompute shows there, the layer scan counts once in all of them alike).
 """
 
 from __future__ import annotations
@@ -35,6 +43,12 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", "v5e:4x4", "TPU topology GENERATION:SHAPE, e.g. v5e:4x4, "
     "v4:2x2x4, v5p:2x2x4.")
 _SLICES = flags.DEFINE_integer("slices", 1, "Number of slices joined by DCN.")
+_FIT = flags.DEFINE_bool(
+    "fit", False, "Search micro-batch counts and remat policies for the "
+    "settings that fit, and print their overrides, fastest first.")
+_FIT_POLICIES = flags.DEFINE_list(
+    "fit_policies", [], "Remat policies --fit tries (default: full, "
+    "per_evaluation for IIET / PCformer, save_dots, none).")
 
 GiB = 2 ** 30
 
@@ -138,6 +152,54 @@ def report(r: dict) -> str:
   ])
 
 
+def fit(config, devices, policies=()) -> list[dict]:
+  """The fewest micro-batches that fit, per remat policy, fastest first."""
+  import ml_collections
+  from iiet_jax.models.config import REMAT_POLICIES, ConfigError
+
+  if not policies:
+    policies = ["full", "save_dots", "none"]
+    if config.model.arch != "transformer":
+      policies.insert(1, "per_evaluation")
+  unknown = [p for p in policies if p not in REMAT_POLICIES or
+             p == "save_names"]
+  if unknown:
+    raise SystemExit(f"--fit_policies: unknown {unknown}; choose from "
+                     f"{[p for p in REMAT_POLICIES if p != 'save_names']}")
+  # The least memory-hungry policy goes first: no other fits in fewer.
+  policies = sorted(policies, key=lambda p: p != "full")
+  most = max(1, config.batch_size // len(devices))
+  counts = [1 << k for k in range(most.bit_length()) if (1 << k) <= most]
+  fits, least = [], 0
+  for policy in policies:
+    for micro in counts[least:]:
+      trial = ml_collections.ConfigDict(config.to_dict())
+      trial.model.remat_policy, trial.micro_batches = policy, micro
+      try:
+        result = compile_train_step(trial, devices)
+      except (ConfigError, ValueError) as err:
+        print(f"  remat={policy} micro_batches={micro}: not buildable "
+              f"({str(err).splitlines()[0]})", flush=True)
+        continue
+      total = result.get("total_gib")
+      print(f"  remat={policy} micro_batches={micro}: "
+            + (f"{total:.2f} GiB, fits" if result["fits"] else
+               f"{'%.2f GiB' % total if total else 'out of memory'}, "
+               f"does not fit"), flush=True)
+      if result["fits"]:
+        result["step_tflop"] = result["compiled_tflop_per_device"] * micro
+        fits.append(result)
+        if policy == "full":
+          least = counts.index(micro)
+        break
+  return sorted(fits, key=lambda r: r["step_tflop"])
+
+
+def overrides(result: dict) -> str:
+  return (f"--config.micro_batches={result['micro_batches']} "
+          f"--config.model.remat_policy={result['remat']}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -145,6 +207,21 @@ def main(argv):
     raise app.UsageError("--config is required.")
   devices = topology_devices(_TOPOLOGY.value, _SLICES.value)
   _CONFIG.value.mesh.slices = _SLICES.value
+  if _FIT.value:
+    print(f"Searching remat policies and micro-batch counts for "
+          f"{_CONFIG.value.get('variant', '')} on {_TOPOLOGY.value}:",
+          flush=True)
+    found = fit(_CONFIG.value, devices, _FIT_POLICIES.value)
+    if not found:
+      print("Nothing fits: use more chips (--topology) or a smaller "
+            "--config.batch_size.")
+    else:
+      print("Fits, fastest first (compiled TFLOP per device per step):")
+      for r in found:
+        print(f"  {r['step_tflop']:8.2f}  {r['total_gib']:5.2f} GiB  "
+              f"{overrides(r)}")
+    print(json.dumps([dict(r, overrides=overrides(r)) for r in found]))
+    sys.exit(0 if found else 1)
   result = compile_train_step(_CONFIG.value, devices)
   result["topology"] = _TOPOLOGY.value
   result["slices"] = _SLICES.value

@@ -58,3 +58,28 @@ def test_aot_reports_what_does_not_fit():
   assert result["fits"] is False
   assert "exceeds available HBM (15.75G)" in result["error"]
   assert "DOES NOT FIT" in out.stdout
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_aot_fit_lists_fitting_overrides_fastest_first():
+  """Batch 64 x 2048 with a 32k vocabulary on v5e:2x2: without remat one
+  micro-batch does not fit (measured 11.7 GiB of temporaries at 4), with
+  full remat it does, so the search must go further for one policy only."""
+  out = run_aot("--config=configs/lm.py:model=iiet,size=tiny",
+                "--topology=v5e:2x2", "--config.batch_size=64",
+                "--config.seq_len=2048", "--config.model.max_seq_len=2048",
+                "--config.mesh.fsdp=4", "--config.mesh.data=1", "--fit",
+                "--fit_policies=none,full")
+  assert out.returncode == 0, out.stderr[-3000:]
+  found = json.loads(out.stdout.strip().splitlines()[-1])
+  by_policy = {r["remat"]: r for r in found}
+  assert set(by_policy) == {"full", "none"} and all(r["fits"] for r in found)
+  assert by_policy["full"]["micro_batches"] == 1
+  assert by_policy["none"]["micro_batches"] > 1
+  assert "remat=none micro_batches=1: out of memory, does not fit" in out.stdout
+  assert [r["step_tflop"] for r in found] == sorted(
+      r["step_tflop"] for r in found)
+  for r in found:
+    assert (f"--config.micro_batches={r['micro_batches']} "
+            f"--config.model.remat_policy={r['remat']}") in out.stdout

@@ -73,10 +73,10 @@ def test_scanned_equals_unrolled(name):
 
 
 REMAT_CASES = [(name, policy, True) for name in ("transformer", "iiet", "pcformer")
-               for policy in ("full", "save_dots", "save_names")]
+               for policy in ("full", "save_dots", "save_names", "per_evaluation")]
 REMAT_CASES += [pytest.param(name, policy, False, marks=pytest.mark.slow)
                 for name in ("transformer", "iiet", "pcformer")
-                for policy in ("full", "save_dots", "save_names")]
+                for policy in ("full", "save_dots", "save_names", "per_evaluation")]
 
 
 @pytest.mark.parametrize("name,policy,scan", REMAT_CASES)

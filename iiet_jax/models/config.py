@@ -15,7 +15,9 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 ARCHITECTURES = ("transformer", "iiet", "pcformer")
-REMAT_POLICIES = ("none", "full", "save_dots", "save_names")
+# "per_evaluation": rematerialise each block evaluation on its own and keep
+# its input and output (IIET / PCformer; for Transformer++ the same as full).
+REMAT_POLICIES = ("none", "full", "save_dots", "save_names", "per_evaluation")
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 PC_ORDERS = (2, 4)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from iiet_jax.models.config import ModelConfig
 from iiet_jax.models.layers import DecoderBlock, LayerNorm, param
@@ -92,8 +93,22 @@ class HistoryLayer(nn.Module):
     `cache`."""
     u_BTD = history_mix(w_prefix_BTD, layer_xs["w_self"], s_BTD,
                         self.config.compute_dtype)
-    b_BTD, new_kv = self.block(u_BTD, positions_BT, segment_ids_BT, cache)
+    b_BTD, new_kv = self.evaluate(u_BTD, positions_BT, segment_ids_BT, cache)
     return self.corrector_norm(b_BTD), new_kv
+
+  def evaluate(self, x_BTD, positions_BT, segment_ids_BT, cache=None):
+    """One block evaluation B_t(x). Under `remat_policy="per_evaluation"` it
+    is rematerialised on its own and its input and output are tagged for the
+    layer's policy to keep: the layer's backward then recomputes one
+    evaluation at a time instead of holding all 1 + r of them."""
+    if self.config.remat_policy != "per_evaluation" or cache is not None:
+      return self.block(x_BTD, positions_BT, segment_ids_BT, cache)
+    x_BTD = checkpoint_name(x_BTD, "evaluation_input")
+    b_BTD, _ = nn.remat(
+        lambda layer, x, p, s: layer.block(x, p, s, None),
+        policy=jax.checkpoint_policies.nothing_saveable)(
+            self, x_BTD, positions_BT, segment_ids_BT)
+    return checkpoint_name(b_BTD, "evaluation_output"), None
 
   def output(self, s_BTD, c_prefix_BTD, layer_xs):
     """h_t = sum_j Wc[t, j] S_j."""

@@ -52,8 +52,8 @@ class IIETLayer(HistoryLayer):
     del shared
     cfg = self.config
     w_prefix_BTD, c_prefix_BTD = prefix
-    b_BTD, predictor_kv = self.block(h_BTD, positions_BT, segment_ids_BT,
-                                     kv_slot(cache, 0))
+    b_BTD, predictor_kv = self.evaluate(h_BTD, positions_BT,
+                                        segment_ids_BT, kv_slot(cache, 0))
     s_BTD = self.predictor_norm(b_BTD)
     predictor_BTD = s_BTD
 

@@ -45,8 +45,8 @@ class PCformerLayer(HistoryLayer):
     for k, (src, factor) in enumerate(stage_inputs(cfg.pc_order)):
       x_BTD = (y32 + factor * stages[src]).astype(cfg.compute_dtype) if src \
           else h_BTD
-      b_BTD, new_kv = self.block(x_BTD, positions_BT, segment_ids_BT,
-                                 kv_slot(cache, k))
+      b_BTD, new_kv = self.evaluate(x_BTD, positions_BT, segment_ids_BT,
+                                    kv_slot(cache, k))
       new_kvs.append(new_kv)
       f32 = layer_norm(b_BTD, shared["rk_scale"][k], shared["rk_bias"][k],
                        cfg.ln_eps)

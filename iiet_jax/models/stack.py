@@ -72,6 +72,9 @@ def remat_policy(cfg: ModelConfig):
     return policies.dots_with_no_batch_dims_saveable
   if cfg.remat_policy == "save_names":
     return policies.save_only_these_names(*cfg.remat_save_names)
+  if cfg.remat_policy == "per_evaluation":  # see HistoryLayer.evaluate
+    return policies.save_only_these_names("evaluation_input",
+                                          "evaluation_output")
   raise ValueError(f"remat_policy {cfg.remat_policy!r} has no jax policy")
 
 
