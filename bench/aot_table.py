@@ -1,6 +1,7 @@
 """Runs `python -m iiet_jax.aot` over architectures x sizes x topologies.
 
   python bench/aot_table.py [--out=docs/aot_memory.md] [--sizes=340m,740m,1.3b]
+  python bench/aot_table.py --attention=splash --keep   # add splash rows
 
 Global batch 256 x 2048, FSDP over all chips, full remat. For each entry the
 micro-batch counts are tried in order and the first that fits in HBM is kept;
@@ -19,20 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGIES = {"v5e-16": "v5e:4x4", "v4-32": "v4:2x2x4"}
 
 
-def attempt(model: str, size: str, topology: str, micro: int) -> dict:
+def attempt(model: str, size: str, topology: str, micro: int,
+            attention: str = "xla") -> dict:
   cmd = [sys.executable, "-m", "iiet_jax.aot",
          f"--config=configs/lm.py:model={model},size={size}",
          f"--topology={topology}", "--config.mesh.data=1",
          "--config.mesh.fsdp=-1", "--config.sharding.preset=fsdp",
          "--config.model.remat_policy=full", "--config.batch_size=256",
-         "--config.seq_len=2048", f"--config.micro_batches={micro}"]
+         "--config.seq_len=2048", f"--config.micro_batches={micro}",
+         f"--config.model.attention_impl={attention}"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
   try:
     result = json.loads(out.stdout.strip().splitlines()[-1])
   except (IndexError, json.JSONDecodeError):
     result = {"topology": topology, "micro_batches": micro,
               "error": out.stderr.strip()[-400:]}
-  result.update(model=model, size=size)
+  result.update(model=model, size=size, attention=attention)
   return result
 
 
@@ -43,6 +46,9 @@ def main():
   parser.add_argument("--sizes", default="340m,740m,1.3b")
   parser.add_argument("--chips", default=",".join(TOPOLOGIES))
   parser.add_argument("--micro", default="4,8,16")
+  parser.add_argument("--attention", default="xla",
+                      help="model.attention_impl of the rows: xla or splash "
+                      "(the Pallas kernel, compiled by libtpu's Mosaic)")
   parser.add_argument("--render", action="store_true",
                       help="only rebuild OUT from the rows in OUT.jsonl")
   parser.add_argument("--keep", action="store_true",
@@ -60,7 +66,7 @@ def main():
     for size in args.sizes.split(","):
       for model in args.models.split(","):
         for micro in (int(m) for m in args.micro.split(",")):
-          r = attempt(model, size, topology, micro)
+          r = attempt(model, size, topology, micro, args.attention)
           r["name"] = name
           stream.write(json.dumps(r) + "\n")
           stream.flush()
@@ -68,24 +74,28 @@ def main():
                     f"{r['total_gib']:.2f}/{r['hbm_gib']} GiB "
                     f"{'fits' if r['fits'] else 'too big'} "
                     f"({r['compile_s']}s)")
-          print(f"{name} {model} {size} micro={micro}: {status}", flush=True)
+          print(f"{name} {model} {size} {args.attention} micro={micro}: "
+                f"{status}", flush=True)
           rows.append(r)
           if r.get("fits"):
             break
   latest = {}
   for r in rows:
-    latest[(r["name"], r["model"], r["size"], r["micro_batches"])] = r
-  lines = ["| chips | model | size | micro-batches | args GiB | temp GiB | "
-           "total GiB | HBM GiB | fits | compile s |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    latest[(r["name"], r["model"], r["size"], r.get("attention", "xla"),
+            r["micro_batches"])] = r
+  lines = ["| chips | model | size | attention | micro-batches | args GiB | "
+           "temp GiB | total GiB | HBM GiB | fits | compile s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in latest.values():
     if "error" in r:
       lines.append(f"| {r['name']} | {r['model']} | {r['size']} | "
+                   f"{r.get('attention', 'xla')} | "
                    f"{r['micro_batches']} | | | | | no: "
                    f"{r['error'][-200:]} | |")
       continue
     lines.append(
-        f"| {r['name']} | {r['model']} | {r['size']} | {r['micro_batches']} | "
+        f"| {r['name']} | {r['model']} | {r['size']} | "
+        f"{r.get('attention', 'xla')} | {r['micro_batches']} | "
         f"{r['argument_gib']:.2f} | {r['temp_gib']:.2f} | "
         f"{r['total_gib']:.2f} | {r['hbm_gib']} | "
         f"{'yes' if r['fits'] else 'no'} | {r['compile_s']} |")
@@ -100,7 +110,9 @@ def main():
       "last row of its group. Memory is per device: arguments (parameters,",
       "optimizer state, batch) + outputs - donated aliases + XLA temporaries.",
       "v5e-16 = `v5e:4x4` (15.75 GiB usable HBM per chip); v4-32 = `v4:2x2x4`",
-      "in megacore mode (16 chips, 30.75 GiB each).", ""]
+      "in megacore mode (16 chips, 30.75 GiB each). `attention`: the",
+      "kernel (`model.attention_impl`; splash rows: `--attention=splash`).",
+      ""]
   out.write_text("\n".join(header + lines) + "\n")
   print("\n".join(lines))
 

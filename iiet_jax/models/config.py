@@ -18,7 +18,7 @@ ARCHITECTURES = ("transformer", "iiet", "pcformer")
 # "per_evaluation": rematerialise each block evaluation on its own and keep
 # its input and output (IIET / PCformer; for Transformer++ the same as full).
 REMAT_POLICIES = ("none", "full", "save_dots", "save_names", "per_evaluation")
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
 PC_ORDERS = (2, 4)
 # `checkpoint_name` tags in the model; `remat_policy="save_names"` keeps the
@@ -61,7 +61,8 @@ class ModelConfig:
   scan_layers: bool = True
   remat_policy: str = "full"
   remat_save_names: tuple[str, ...] = ()
-  # "auto" lets JAX pick the fused kernel where one exists.
+  # xla | cudnn (GPU) | splash (TPU; Pallas interpret mode on CPU) | auto
+  # (splash on TPU, else JAX's pick); see models/attention.py.
   attention_impl: str = "xla"
 
   def __post_init__(self):

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from iiet_jax.models.attention import causal_attention
 from iiet_jax.models.config import ModelConfig
 
 Array = jax.Array
@@ -163,9 +164,9 @@ def cached_attention(q_BTNH: Array, k_BTNH: Array, v_BTNH: Array,
 class Attention(nn.Module):
   """Causal multi-head self-attention with RoPE, no biases.
 
-  Runs through `jax.nn.dot_product_attention`, so `attention_impl` can pick a
-  fused kernel (cuDNN on GPU) where the hardware has one. With `segment_ids`,
-  tokens attend only within their own packed document.
+  Whole sequences go through `attention.causal_attention`, where
+  `attention_impl` picks the kernel (XLA, cuDNN on GPU, splash on TPU). With
+  `segment_ids`, tokens attend only within their own packed document.
 
   Decoding: with a `cache` slot [B, S, N, H], the tokens sit at
   `positions_BT` (contiguous per row) and attend to the cache before them and
@@ -193,14 +194,8 @@ class Attention(nn.Module):
 
     new_kv = None
     if cache is None:
-      impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-      mask = None
-      if segment_ids_BT is not None:
-        mask = (segment_ids_BT[:, None, :, None] ==
-                segment_ids_BT[:, None, None, :])
-      out_BTNH = jax.nn.dot_product_attention(
-          q_BTNH, k_BTNH, v_BTNH, mask=mask, is_causal=True,
-          implementation=impl)
+      out_BTNH = causal_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT,
+                                  cfg.attention_impl, BTNH)
     else:
       if segment_ids_BT is not None:
         raise ValueError("decoding with a KV cache takes no segment_ids")
