@@ -83,3 +83,15 @@ def test_aot_fit_lists_fitting_overrides_fastest_first():
   for r in found:
     assert (f"--config.micro_batches={r['micro_batches']} "
             f"--config.model.remat_policy={r['remat']}") in out.stdout
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_published_1_3b_iiet_fits_v5e_16_by_default():
+  """The module docstring's command, with no overrides."""
+  out = run_aot("--config=configs/lm.py:model=iiet,size=1.3b",
+                "--topology=v5e:4x4")
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert result["fits"] is True
+  assert result["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1}
