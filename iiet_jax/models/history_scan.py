@@ -29,9 +29,15 @@ Layers can run in several consecutive scans ("runs"), each with its own
 static core; E-IIET uses that to give every run of layers with equal r_t its
 own iteration count instead of masking max(r_t) iterations everywhere.
 
-Measured (python bench/train_throughput.py, 55M IIET r=3, batch 4 x 256,
-float32, no remat, XLA CPU, 2 cores): see the module `stack.py` docstring
-and docs/train_throughput.md for the before/after table.
+Measured against the previous layout (two float32 accumulators [L, B, T, D]
+that every layer read and rewrote whole), in the same session:
+- 55M train step, batch 4 x 256, float32, no remat, 2-core XLA:CPU, median
+  of 3 interleaved steps: IIET 13.84 s -> 10.01 s, PCformer 9.48 s -> 6.40 s,
+  Transformer++ (unchanged) 2.44 s / 2.49 s.
+- Temporaries of the gradient at 24 layers (bench/layer_stack.py, d=256,
+  full remat): 203 MiB -> 117 MiB; growth per layer 4.0 -> 1.5 MiB.
+- v5e-16 AOT, 256 x 2048, FSDP, full remat, 4 micro-batches: IIET 340m
+  12.17 -> 7.51 GiB total per chip, 740m 18.35 (did not fit) -> 11.79 GiB.
 """
 
 from __future__ import annotations

@@ -35,17 +35,16 @@ d=256, B=2, T=256, float32, full remat, gradient of the loss, XLA CPU;
 docs/layer_stack.md):
 
     layers   scan: compile s   temp MiB     unroll: compile s   temp MiB
-       4            4.1          118.5                5.5          354.3
-       8            4.0          134.7                7.1          738.2
-      16            3.7          166.7               12.9         1655.8
-      24            4.6          202.9               21.8         2763.1
+       4            4.3           87.3                7.9          301.5
+       8            4.4           93.3               13.7          610.9
+      16            4.5          105.3               32.2         1282.2
+      24            6.1          117.3               66.2         2011.7
 
-Scanning is the default: compile time stays flat in L (unrolled grows about
-linearly, 5x slower at L=24 plus 15x the tracing time), and temporary memory
-grows by ~4 MiB (8 saved [B, T, D] states) per layer, while the unrolled stack
-keeps 10-14x more alive because XLA may schedule the rematerialised layers
-early. `scan_layers=False` stays for debugging and per-layer inspection.
-tests/test_memory.py guards the linear growth of the history's memory.
+Scanning is the default: compile time stays nearly flat in L (unrolled grows
+about linearly, 11x slower at L=24), and temporary memory grows by 1.5 MiB
+(three [B, T, D] float32 states) per layer, while the unrolled stack keeps
+17x more alive. `scan_layers=False` stays for debugging and per-layer
+inspection. tests/test_memory.py guards the linear growth.
 """
 
 from __future__ import annotations
