@@ -64,6 +64,7 @@ import jax
 import numpy as np
 
 import torch_twin
+from iiet_jax import hostenv
 from iiet_jax.models import ModelConfig
 from iiet_jax.stages.distill import with_model
 from iiet_jax.train import flops
@@ -142,6 +143,7 @@ def rows_of(spec: str, parser) -> list[str]:
 
 
 def main():
+  hostenv.reexec_with_huge_pages()  # as `iiet train` does (iiet_jax/hostenv.py)
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="tiny,55m")
   parser.add_argument("--archs", default=",".join(DEFAULT_ROWS),

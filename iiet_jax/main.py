@@ -31,7 +31,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from iiet_jax import overrides
+from iiet_jax import hostenv, overrides
 
 COMMANDS = ("train", "sweep", "influence", "distill", "generate", "export",
             "score", "import", "plot")
@@ -233,6 +233,8 @@ def plot(more_runs: list[str]) -> None:
 
 def run(argv: list[str] | None = None) -> None:
   """Console script `iiet`: `iiet [train|sweep] --config=... --workdir=...`."""
+  if argv is None:  # the process entry point, not a call from Python
+    hostenv.reexec_with_huge_pages()
   argv = list(sys.argv if argv is None else argv)
   command = "train"
   if len(argv) > 1 and not argv[1].startswith("-"):
