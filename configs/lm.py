@@ -39,14 +39,12 @@ SIZES = {
 
 # The published sizes default to settings that fit a v5e-16 slice (16 chips,
 # 15.75 GiB each) at batch 256 x 2048, found by ahead-of-time compiles
-# (docs/aot_memory.md, `python bench/aot_table.py`): FSDP over every device,
-# full remat, and the fewest of 4, 8, 16 micro-batches that fit. For another
-# slice: `python -m iiet_jax.aot --config=... --topology=... --fit`.
-FSDP_MICRO_BATCHES = {
-    "340m": {"transformer": 4, "pcformer": 4, "iiet": 4},
-    "740m": {"transformer": 4, "pcformer": 4, "iiet": 4},
-    "1.3b": {"transformer": 4, "pcformer": 8, "iiet": 8},
-}
+# (docs/aot_memory.md, `python bench/aot_table.py --attention=splash`): FSDP
+# over every device, full remat, splash attention (attention_impl=auto on
+# TPU) and 4 micro-batches fit every model at 340m, 740m and 1.3b. For
+# another slice: `python -m iiet_jax.aot --config=... --topology=... --fit`.
+FSDP_SIZES = ("340m", "740m", "1.3b")
+FSDP_MICRO_BATCHES = 4
 
 DEFAULT_ARG = "model=iiet,size=tiny"
 
@@ -93,7 +91,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       scan_layers=True,
       remat_policy="none" if tiny else "full",
       remat_save_names=(),
-      attention_impl="xla",
+      # auto: splash (Pallas) on TPU, XLA elsewhere (models/attention.py).
+      attention_impl="xla" if tiny else "auto",
   ))
   model.update(SIZES[variant["size"]])
   config.model = model
@@ -145,12 +144,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, clip_norm=1.0,
       moments_dtype="float32"))
   # Per-slice mesh axis sizes (one may be -1) and the number of slices/nodes.
-  fsdp = FSDP_MICRO_BATCHES.get(variant["size"], {}).get(variant["model"])
+  fsdp = variant["size"] in FSDP_SIZES
   if fsdp:
-    config.micro_batches = fsdp
+    config.micro_batches = FSDP_MICRO_BATCHES
   config.mesh = ml_collections.ConfigDict(dict(
-      data=-1 if fsdp is None else 1, fsdp=1 if fsdp is None else -1,
-      tensor=1, slices=1))
+      data=1 if fsdp else -1, fsdp=-1 if fsdp else 1, tensor=1, slices=1))
   # Logical-axis rules: a preset from iiet_jax/parallel/sharding.py, plus
   # optional per-name overrides, e.g. {"vocab": "tensor"}.
   config.sharding = ml_collections.ConfigDict(dict(preset="fsdp"))
