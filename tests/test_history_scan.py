@@ -15,12 +15,14 @@ from iiet_jax.models.history_scan import _Residuals, history_scan
 from iiet_jax.models.iiet import IIETLayer
 from iiet_jax.train.loss import next_token_loss
 
+slow = pytest.mark.slow
 CASES = [
-    ("iiet", dict(iterations=2), "none"),
+    pytest.param("iiet", dict(iterations=2), "none", marks=slow),
     ("iiet", dict(iterations=(3, 0, 1, 1)), "none"),
     ("iiet", dict(iterations=(2, 2, 0, 1)), "full"),
-    ("iiet", dict(iterations=(1, 1, 1, 1)), "save_dots"),
-    ("pcformer", dict(), "none"),
+    pytest.param("iiet", dict(iterations=(1, 1, 1, 1)), "save_dots",
+                 marks=slow),
+    pytest.param("pcformer", dict(), "none", marks=slow),
     ("pcformer", dict(pc_order=4), "full"),
 ]
 
@@ -29,8 +31,7 @@ def _grads(loss_fn, params):
   return jax.jit(jax.value_and_grad(loss_fn))(params)
 
 
-@pytest.mark.parametrize("arch,overrides,policy", CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize("arch,overrides,policy", CASES)
 def test_gradients_equal_reference(arch, overrides, policy):
   cfg = small_config(arch=arch, num_layers=4, remat_policy=policy,
                      **overrides)

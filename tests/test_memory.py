@@ -20,15 +20,17 @@ _spec.loader.exec_module(bench)
 def test_history_memory_linear_in_depth(arch):
   B, T, D = 2, 32, 32
   temps = {}
-  for L in (2, 4, 8):
+  # From 4 layers: below that, buffer alignment blurs the growth (measured
+  # 2.3 states per layer from 2 to 4 layers, 3.0 from 4 on).
+  for L in (4, 8, 16):
     cfg = ModelConfig(arch=arch, num_layers=L, d_model=D, num_heads=4,
                       d_ff=64, vocab_size=128, iterations=2, dtype="float32",
                       remat_policy="full")
     temps[L] = bench.measure(cfg, B, T)["temp_mib"] * bench.MiB
-  grow_small, grow_large = temps[4] - temps[2], temps[8] - temps[4]
+  grow_small, grow_large = temps[8] - temps[4], temps[16] - temps[8]
   # Linear: doubling the added layers doubles the added memory. Keeping the
   # [L, B, T, D] history per layer would add memory proportional to L per layer.
   assert grow_large <= 2.5 * grow_small, temps
-  per_layer = grow_large / 4
+  per_layer = grow_large / 8
   state_bytes = B * T * D * 4
   assert per_layer <= 16 * state_bytes, (per_layer / state_bytes, temps)
