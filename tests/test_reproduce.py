@@ -72,7 +72,7 @@ def test_quick_reproduction_runs_every_system_end_to_end(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "bench/reproduce.py", "--quick", f"--root={root}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
   expected = {"transformer", "pcformer", "iiet", "two_stage",
