@@ -13,7 +13,7 @@ v5p:2x2x4, v6e:4x4.
   python -m iiet_jax.aot --config=... --topology=v5e:4x4 --fit
 
 searches instead: for each remat policy, the fewest micro-batches that fit
-(counts double from the least the least hungry policy "full" needs), then
+(counts double, starting from what the least hungry policy "full" needs), then
 prints the overrides of every fitting setting, fastest first by compiled
 FLOPs per step (XLA's count of one micro-batch, times their number; remat
 recompute shows there, the layer scan counts once in all of them alike).

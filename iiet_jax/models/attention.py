@@ -13,10 +13,11 @@
 Measured with libtpu's Mosaic compiler on a CPU host (`python -m iiet_jax.aot
 --topology=v5e:4x4`, 1.3B, global batch 256 x 2048, FSDP over 16 chips, full
 remat, 4 micro-batches), per-chip temporaries xla -> splash:
-Transformer++ 5.45 -> 4.11 GiB, IIET 16.90 -> 14.94 GiB (with arguments
-15.87 GiB, still just over v5e's 15.75). One attention call alone, forward
-and backward at that micro-batch's per-chip shape [4, 2048, 16, 128]
-bfloat16: 2.00 -> 0.07 GiB. Speed is not measured (no TPU at hand).
+Transformer++ 5.45 -> 4.11 GiB, IIET 15.13 -> 10.09 GiB (with arguments
+11.02 GiB: it fits v5e's 15.75 only with splash; docs/aot_memory.md). One
+attention call alone, forward and backward at that micro-batch's per-chip
+shape [4, 2048, 16, 128] bfloat16: 2.00 -> 0.07 GiB. Speed is not measured
+(no TPU at hand).
 
 Decoding with a KV cache does not come here (`layers.cached_attention`).
 """
