@@ -28,6 +28,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from iiet_jax.errors import UserError
+
 # Fields that change the parameter tree; the others (dtypes of compute,
 # remat, attention kernel, ...) may differ between a save and a restore.
 STRUCTURAL_FIELDS = ("arch", "vocab_size", "num_layers", "d_model",
@@ -36,8 +38,10 @@ STRUCTURAL_FIELDS = ("arch", "vocab_size", "num_layers", "d_model",
 VALIDATION_METRIC = "validation_loss"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
   """A workdir whose checkpoints cannot serve the requested run."""
+
+  kind = "Checkpoint"
 
 
 @dataclasses.dataclass

@@ -13,9 +13,13 @@ from typing import Sequence
 
 import ml_collections
 
+from iiet_jax.errors import UserError
 
-class OverrideError(ValueError):
+
+class OverrideError(UserError, ValueError):
   """A command line naming config keys that do not exist."""
+
+  kind = "Config"
 
 
 def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, object]:

@@ -17,11 +17,15 @@ import math
 
 from etils import epath
 
+from iiet_jax.errors import UserError
+
 INSTALL = "pip install -e '.[plot]'"
 
 
-class PlotError(RuntimeError):
+class PlotError(UserError, RuntimeError):
   """A figure that cannot be drawn: no matplotlib, or no data to draw."""
+
+  kind = "plot"
 
 
 def pyplot():

@@ -17,12 +17,16 @@ from typing import Iterator, Sequence
 
 from etils import epath
 
+from iiet_jax.errors import MissingInputError, UserError
+
 SPLITS = ("train", "validation")
 _GLOB_CHARS = "*?["
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
   """A corpus description that names no usable documents."""
+
+  kind = "Data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +90,7 @@ def find_files(paths: Sequence[str], suffixes: Sequence[str],
     else:
       path = epath.Path(entry)
       if not path.exists():
-        raise FileNotFoundError(f"Corpus path {entry} does not exist.")
+        raise MissingInputError(f"Corpus path {entry} does not exist.")
       if path.is_dir():
         matches = _walk(path, exclude_dirs)
       elif path.name.endswith(suffixes):

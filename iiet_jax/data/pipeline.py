@@ -32,13 +32,16 @@ import grain
 import numpy as np
 
 from iiet_jax.data import tokenizer as tok_lib
+from iiet_jax.errors import UserError
 
 PACKINGS = ("first_fit", "concat")
 PACKED_KEYS = ("tokens", "positions", "segment_ids", "mask")
 
 
-class PipelineError(ValueError):
+class PipelineError(UserError, ValueError):
   """Pipeline settings that cannot produce the requested batches."""
+
+  kind = "Data"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ import numpy as np
 from iiet_jax.data import corpus
 from iiet_jax.data import pipeline
 from iiet_jax.data import tokenizer as tok_lib
+from iiet_jax.errors import MissingInputError
 
 SOURCES = ("stdlib", "files", "tfds", "tokens")
 DEFAULT_DATA_DIR = "~/.cache/iiet_jax/tfds"
@@ -95,7 +96,7 @@ def _tfds_builder(data):
         "prepared as ArrayRecord under data.data_dir.")
   builder = tfds.builder(data.tfds_name, data_dir=_data_dir(data))
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"TFDS dataset {data.tfds_name!r} is not prepared under "
         f"{_data_dir(data)}; nothing is downloaded at run time. Prepare it "
         f"there (file_format='array_record') or point data.data_dir at it.")
@@ -124,7 +125,7 @@ def _token_inputs(data, vocab_size: int) -> Inputs:
     paths = [os.path.expanduser(p) for p in paths]
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-      raise FileNotFoundError(f"Token record files not found: {missing}.")
+      raise MissingInputError(f"Token record files not found: {missing}.")
     splits[split] = grain.sources.ArrayRecordDataSource(paths)
   to_ids = TokenRecordIds()
   # Only a sample is read: enough to catch a tokenizer / model mismatch.

@@ -25,6 +25,8 @@ from absl import logging
 from etils import epath
 import sentencepiece as spm
 
+from iiet_jax.errors import MissingInputError, UserError
+
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 NUM_SPECIAL = 4
 NUM_BYTES = 256
@@ -34,8 +36,10 @@ NUM_BYTES = 256
 _MAX_SENTENCE_CHARS = 1024
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
   """A tokenizer that cannot be used as requested."""
+
+  kind = "Data"
 
 
 class Tokenizer:
@@ -96,7 +100,7 @@ def load_tokenizer(path: epath.PathLike) -> Tokenizer:
   """Loads a SentencePiece `.model` from a local or remote path."""
   path = epath.Path(path)
   if not path.exists():
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"No tokenizer model at {path}. Pass the path of an existing "
         "SentencePiece .model, or build one with load_or_train().")
   return Tokenizer(path.read_bytes(), os.fspath(path))

@@ -18,12 +18,15 @@ from iiet_jax.decode.cache import init_cache
 from iiet_jax.decode.sampling import sample
 from iiet_jax.decode.steps import decode_step, prefill
 from iiet_jax.models import LanguageModel
+from iiet_jax.errors import UserError
 
 Array = jax.Array
 
 
-class GenerateError(ValueError):
+class GenerateError(UserError, ValueError):
   """A generation request the model or its cache cannot serve."""
+
+  kind = "Generate"
 
 
 def generate(model: LanguageModel, params, prompt_BT, max_new_tokens: int, *,

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax.models import ModelConfig, build_model
+from iiet_jax.errors import UserError
 
 # Per layer: (HF name under model.layers.{i}. or model.history., our path
 # under the layer core, our -> HF, HF -> ours given (D, N, H, F)).
@@ -48,8 +49,10 @@ HISTORY_NORMS = [("rouge_predictions_norm", "predictor_norm"),
                  ("layer_norms", "corrector_norm")]
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
   """A model or folder the export format cannot carry."""
+
+  kind = "Export"
 
 
 def _flatten(tree, prefix=()) -> dict[tuple, Any]:

@@ -28,10 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax.models import build_model
+from iiet_jax.errors import UserError
 
 
-class ScoreError(ValueError):
+class ScoreError(UserError, ValueError):
   """An input that cannot be scored."""
+
+  kind = "Score"
 
 
 def next_token_logprobs(model, params, tokens_BT) -> np.ndarray:

@@ -20,10 +20,13 @@ import numpy as np
 
 from iiet_jax.models import LanguageModel, ModelConfig, build_model
 from iiet_jax.train.loss import next_token_sums
+from iiet_jax.errors import UserError
 
 
-class InfluenceError(ValueError):
+class InfluenceError(UserError, ValueError):
   """A model or request the influence measure does not apply to."""
+
+  kind = "Influence"
 
 
 def check_teacher(cfg: ModelConfig) -> None:

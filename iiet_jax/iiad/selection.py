@@ -12,9 +12,13 @@ import math
 
 import numpy as np
 
+from iiet_jax.errors import UserError
 
-class SelectionError(ValueError):
+
+class SelectionError(UserError, ValueError):
   """A threshold or budget that cannot select iterations."""
+
+  kind = "Influence"
 
 
 def by_threshold(influence_LR: np.ndarray, tau: float) -> tuple[int, ...]:

@@ -14,6 +14,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from iiet_jax.errors import UserError
+
 ARCHITECTURES = ("transformer", "iiet", "pcformer")
 # "per_evaluation": rematerialise each block evaluation on its own and keep
 # its input and output (IIET / PCformer; for Transformer++ the same as full).
@@ -27,8 +29,10 @@ CHECKPOINT_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out",
                     "mlp_gate", "mlp_up", "block_out")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
   """A model configuration that cannot be built."""
+
+  kind = "Config"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,11 +16,15 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
+from iiet_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
-class MeshError(ValueError):
+class MeshError(UserError, ValueError):
   """Mesh axis sizes that do not fit the devices."""
+
+  kind = "Config"
 
 
 def resolve_axis_sizes(sizes: Mapping[str, int], num_devices: int

@@ -17,6 +17,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from iiet_jax.parallel.mesh import MESH_AXES, axis_size
+from iiet_jax.errors import UserError
 
 Rules = tuple[tuple[str, Any], ...]
 
@@ -49,8 +50,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
   """A rules table or array shape that cannot be laid out on the mesh."""
+
+  kind = "Config"
 
 
 def make_rules(preset: str, overrides: Mapping[str, Any] | None = None

@@ -30,12 +30,15 @@ from iiet_jax.iiad import selection
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.train.build import Training, build_training
+from iiet_jax.errors import UserError
 
 PHASE = "distill"
 
 
-class DistillError(ValueError):
+class DistillError(UserError, ValueError):
   """A distillation request that cannot be carried out."""
+
+  kind = "Distill"
 
 
 def distill_objective(student, teacher, kl_weight: float, temperature: float,

@@ -20,10 +20,13 @@ from typing import Any, Callable
 
 from iiet_jax.stages import merge as merge_lib
 from iiet_jax.stages import switch_init
+from iiet_jax.errors import UserError
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
   """A run length / switch point that cannot be scheduled."""
+
+  kind = "Config"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,13 +43,16 @@ import numpy as np
 
 from iiet_jax.models.layers import layer_norm
 from iiet_jax.stages.merge import leaf_paths
+from iiet_jax.errors import UserError
 
 HISTORY_INITS = ("average", "inherit")
 NORM_INITS = ("unit", "fit")
 
 
-class SwitchInitError(ValueError):
+class SwitchInitError(UserError, ValueError):
   """A switch initialisation that the configured model cannot take."""
+
+  kind = "Config"
 
 
 def check(switch_cfg) -> None:

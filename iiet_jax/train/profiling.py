@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import jax
 
+from iiet_jax.errors import UserError
 
-class ProfileError(ValueError):
+
+class ProfileError(UserError, ValueError):
   """A profile_steps value that names no steps to trace."""
+
+  kind = "Config"
 
 
 def window(config) -> tuple[int, int] | None:
