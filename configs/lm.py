@@ -81,7 +81,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       arch=variant["model"],
       vocab_size=32000,
       max_seq_len=2048,
+      # Grouped-query attention: kv heads; unset, one per query head.
+      num_kv_heads=ml_collections.config_dict.placeholder(int),
       rope_base=10000.0,
+      # default | llama3; the llama3 fields are read only for "llama3".
+      rope_type="default",
+      rope_factor=8.0,
+      rope_low_freq_factor=1.0,
+      rope_high_freq_factor=4.0,
+      rope_original_max_positions=8192,
       iterations=3,
       unroll_iterations=True,
       pc_order=2,

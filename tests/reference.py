@@ -2,7 +2,8 @@
 
 Written from the equations alone: explicit loops over layers and iterations,
 the history kept as a Python list and summed directly, attention through an
-explicit softmax, RoPE through complex rotation. No Flax, nothing imported from
+explicit softmax with kv heads repeated for grouped queries, RoPE through
+complex rotation. No Flax, nothing imported from
 `iiet_jax.models`. Parameters come in a plain layout (`ReferenceParams`) that
 `from_flax` fills from a Flax parameter tree; matrices act as `x @ W`.
 """
@@ -26,11 +27,37 @@ def layer_norm(x, g, b, eps=1e-5):
   return (x - mu) / jnp.sqrt(sigma2 + eps) * g + b
 
 
-def rope(x, positions, base=10000.0):
+def rope_theta(cfg):
+  """theta_i of every rotated pair, float64; `cfg.rope_type` default or llama3.
+
+  llama3 (Llama 3.1's published recipe): with L0 the original context and
+  wavelength lambda_i = 2 pi / theta_i, pairs with lambda_i < L0 / high keep
+  theta_i, those with lambda_i > L0 / low get theta_i / factor, and between
+  the two theta_i is blended, (1 - s) theta_i / factor + s theta_i, with
+  s = (L0 / lambda_i - low) / (high - low)."""
+  dh = cfg.d_model // cfg.num_heads
+  theta = [cfg.rope_base ** (-2.0 * i / dh) for i in range(dh // 2)]
+  if cfg.rope_type == "default":
+    return np.array(theta, np.float64)
+  assert cfg.rope_type == "llama3", cfg.rope_type
+  L0, low, high = (cfg.rope_original_max_positions, cfg.rope_low_freq_factor,
+                   cfg.rope_high_freq_factor)
+  out = []
+  for t in theta:
+    wavelength = 2 * np.pi / t
+    if wavelength < L0 / high:
+      out.append(t)
+    elif wavelength > L0 / low:
+      out.append(t / cfg.rope_factor)
+    else:
+      s = (L0 / wavelength - low) / (high - low)
+      out.append((1 - s) * t / cfg.rope_factor + s * t)
+  return np.array(out, np.float64)
+
+
+def rope(x, positions, theta):
   """x: [B, T, heads, dh]. Pair i = (x[i], x[i + dh/2]) rotated by pos * theta_i."""
   dh = x.shape[-1]
-  theta = np.array([base ** (-2.0 * i / dh) for i in range(dh // 2)],
-                   np.float64)
   angle = positions[..., None].astype(jnp.float32) * jnp.asarray(
       theta, jnp.float32)
   z = (x[..., : dh // 2] + 1j * x[..., dh // 2:]).astype(jnp.complex64)
@@ -39,12 +66,17 @@ def rope(x, positions, base=10000.0):
 
 
 def attention(x, p, num_heads, positions, segment_ids):
+  """Grouped-query attention: the kv heads (as many as wk's columns hold) are
+  repeated explicitly, kv head j serving query heads j*G .. j*G + G-1."""
   B, T, d = x.shape
   dh = d // num_heads
-  split = lambda y: y.reshape(B, T, num_heads, dh)
-  q = rope(split(x @ p["wq"]), positions)
-  k = rope(split(x @ p["wk"]), positions)
-  v = split(x @ p["wv"])
+  kv_heads = p["wk"].shape[1] // dh
+  group = num_heads // kv_heads
+  split = lambda y, n: y.reshape(B, T, n, dh)
+  repeat = lambda y: jnp.repeat(y, group, axis=2)
+  q = rope(split(x @ p["wq"], num_heads), positions, p["rope_theta"])
+  k = repeat(rope(split(x @ p["wk"], kv_heads), positions, p["rope_theta"]))
+  v = repeat(split(x @ p["wv"], kv_heads))
   scores = jnp.einsum("bqhc,bkhc->bhqk", q, k) / np.sqrt(dh)
   allowed = np.tril(np.ones((T, T), bool))[None, None]
   if segment_ids is not None:
@@ -157,14 +189,16 @@ def _layer_trees(decoder, num_layers):
 def from_flax(params, cfg):
   """Reference parameters from an (unboxed) Flax `params` collection."""
   d = cfg.d_model
+  theta = rope_theta(cfg)
   decoder = params["decoder"]
   layers = []
   for lp in _layer_trees(decoder, cfg.num_layers):
     b = lp["block"]
     att = b["attention"]
     layers.append(dict(
-        wq=att["query"].reshape(d, d), wk=att["key"].reshape(d, d),
-        wv=att["value"].reshape(d, d), wo=att["out"].reshape(d, d),
+        wq=att["query"].reshape(d, d), wo=att["out"].reshape(d, d),
+        wk=att["key"].reshape(d, -1), wv=att["value"].reshape(d, -1),
+        rope_theta=theta,
         norm_att=b["attention_norm"]["scale"], norm_mlp=b["mlp_norm"]["scale"],
         w_gate=b["mlp"]["gate"], w_up=b["mlp"]["up"], w_down=b["mlp"]["down"],
         LNp=(lp.get("predictor_norm", {}).get("scale"),

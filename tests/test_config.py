@@ -23,6 +23,15 @@ from test_param_counts import load_lm_config
     (dict(remat_policy="save_names", remat_save_names=("qkv",)), "'qkv'"),
     (dict(dtype="float8"), "model.dtype='float8'"),
     (dict(num_layers=0), "model.num_layers=0 must be a positive integer"),
+    (dict(num_heads=4, num_kv_heads=3), "model.num_heads=4 is not divisible "
+                                        "by model.num_kv_heads=3"),
+    (dict(num_heads=4, num_kv_heads=8), "one of [1, 2, 4]"),
+    (dict(num_kv_heads=0), "model.num_kv_heads=0 must be a positive"),
+    (dict(rope_type="yarn"), "model.rope_type='yarn' is not supported; "
+                             "supported RoPE types: 'default', 'llama3'"),
+    (dict(rope_type="llama3", rope_low_freq_factor=4.0,
+          rope_high_freq_factor=1.0), "must exceed"),
+    (dict(rope_type="llama3", rope_factor=0.5), "model.rope_factor=0.5"),
 ])
 def test_bad_model_config(overrides, message):
   with pytest.raises(ConfigError, match=None) as err:
@@ -65,3 +74,13 @@ def test_every_variant_builds(model, size):
   built = build_model(cfg.model).config
   assert built.arch == model
   assert built.tie_embeddings == (size != "1.3b")
+
+
+def test_kv_heads_default_to_heads_and_override_from_the_config_file():
+  cfg = load_lm_config("model=iiet,size=tiny")
+  assert build_model(cfg.model).config.num_kv_heads == cfg.model.num_heads
+  cfg.model.num_kv_heads = 2        # as --config.model.num_kv_heads=2 does
+  cfg.model.rope_type = "llama3"
+  built = build_model(cfg.model).config
+  assert (built.num_kv_heads, built.query_groups) == (2, 2)
+  assert built.rope_type == "llama3"

@@ -27,7 +27,9 @@ Array = jax.Array
 class Cache(NamedTuple):
   """Fixed-size decoding state (a pytree, so it passes through jit).
 
-  kv: keys and values [L, E, B, S, N, H] in the compute dtype, S = max_len.
+  kv: keys and values [L, E, B, S, K, H] in the compute dtype, S = max_len,
+    K = num_kv_heads (grouped queries share them, so the cache shrinks N / K
+    times).
   lengths: [B] int32, tokens already in the cache per row; the next token of
     row b goes to position lengths[b].
   """
@@ -51,6 +53,6 @@ def init_cache(model: LanguageModel, batch_size: int, max_len: int) -> Cache:
     raise ValueError(f"cache max_len={max_len} exceeds the model's "
                      f"max_seq_len={cfg.max_seq_len}")
   shape = (cfg.num_layers, evaluations_per_layer(model), batch_size, max_len,
-           cfg.num_heads, cfg.head_dim)
+           cfg.num_kv_heads, cfg.head_dim)
   zeros = jnp.zeros(shape, cfg.compute_dtype)
   return Cache(KVCache(zeros, zeros), jnp.zeros((batch_size,), jnp.int32))

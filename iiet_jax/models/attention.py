@@ -19,6 +19,11 @@ attention call alone, forward and backward at that micro-batch's per-chip
 shape [4, 2048, 16, 128] bfloat16: 2.00 -> 0.07 GiB. Speed is not measured
 (no TPU at hand).
 
+Grouped-query attention (K kv heads, K dividing the N query heads; query
+head n reads kv head n // (N / K)) is native in every path: XLA and cuDNN
+through `jax.nn.dot_product_attention`, splash through its kernel's own
+grouping. K/V are repeated only in one case, said at `splash_attention`.
+
 Decoding with a KV cache does not come here (`layers.cached_attention`).
 """
 
@@ -63,18 +68,20 @@ def resolve(impl: str, length: int, where: str) -> str:
   return "auto"
 
 
-def causal_attention(q_BTNH: Array, k_BTNH: Array, v_BTNH: Array,
+def causal_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array,
                      segment_ids_BT: Array | None, impl: str,
-                     names: Sequence[str]) -> Array:
+                     names: Sequence[str],
+                     kv_names: Sequence[str] | None = None) -> Array:
   """softmax(q k^T / sqrt(H) + causal [+ same-document] mask) v.
 
-  `names` are the logical axis names of q (batch, length, heads, head size);
-  splash runs per shard along the mesh axes the rules give them."""
+  `names` are the logical axis names of q (batch, length, heads, head size),
+  `kv_names` those of k and v (default: `names`); splash runs per shard
+  along the mesh axes the rules give them."""
   where = platform()
   impl = resolve(impl, q_BTNH.shape[1], where)
   if impl == "splash":
-    return splash_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT, names,
-                            interpret=_interpret(where))
+    return splash_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT, names,
+                            kv_names or names, interpret=_interpret(where))
   if impl == "cudnn":
     _check_cudnn(q_BTNH.dtype, where)
   mask = None
@@ -82,7 +89,7 @@ def causal_attention(q_BTNH: Array, k_BTNH: Array, v_BTNH: Array,
     mask = (segment_ids_BT[:, None, :, None] ==
             segment_ids_BT[:, None, None, :])
   return jax.nn.dot_product_attention(
-      q_BTNH, k_BTNH, v_BTNH, mask=mask, is_causal=True,
+      q_BTNH, k_BTKH, v_BTKH, mask=mask, is_causal=True,
       implementation=None if impl == "auto" else impl)
 
 
@@ -122,48 +129,67 @@ def splash_block(length: int) -> int:
       f"model.attention_impl=xla.")
 
 
-def splash_attention(q_BTNH: Array, k_BTNH: Array, v_BTNH: Array,
+def splash_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array,
                      segment_ids_BT: Array | None, names: Sequence[str],
-                     interpret: bool) -> Array:
-  """Splash attention on [B, T, N, H]; per shard of batch and heads."""
+                     kv_names: Sequence[str], interpret: bool) -> Array:
+  """Splash attention on [B, T, N, H] queries, [B, T, K, H] keys / values;
+  per shard of batch and heads.
+
+  The kernel groups queries itself (query head n reads kv head n // G). On a
+  mesh, kv heads split like the query heads keep that grouping per shard. If
+  the rules lay them out otherwise (e.g. `kv_heads` replicated because K is
+  smaller than the tensor axis), every shard receives all K kv heads and
+  takes, for each of its query heads, the kv head it reads: the one place
+  K/V are repeated, on the shard only."""
   length = q_BTNH.shape[1]
   block = splash_block(length)
+  groups = q_BTNH.shape[2] // k_BTKH.shape[2]
   # The kernel takes unscaled logits; scaling q is the cheapest place.
   q_BTNH = (q_BTNH.astype(jnp.float32) * q_BTNH.shape[-1] ** -0.5).astype(
       q_BTNH.dtype)
+  mesh = jax.sharding.get_abstract_mesh()
+  batch = heads_axes = kv_axes = None
+  if not mesh.empty:
+    batch, _, heads_axes, _ = nn.logical_to_mesh_axes(tuple(names))
+    kv_axes = nn.logical_to_mesh_axes(tuple(kv_names))[2]
+  # kv heads go with their query heads, or whole to every shard.
+  aligned = kv_axes == heads_axes
 
-  def per_shard(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT):
+  def per_shard(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT):
     # Built here, for the heads of this shard.
     heads = q_BTNH.shape[2]
+    if not aligned and heads_axes is not None:
+      first = jax.lax.axis_index(heads_axes) * heads
+      kv_N = (first + jnp.arange(heads)) // groups
+      k_BTKH, v_BTKH = (jnp.take(x, kv_N, axis=2) for x in (k_BTKH, v_BTKH))
     mask = splash.MultiHeadMask([splash.CausalMask((length, length))] * heads)
     kernel = splash.make_splash_mha(
         mask, block_sizes=_block_sizes(block), head_shards=1, q_seq_shards=1,
         interpret=interpret)
 
-    def one_row(q_TNH, k_TNH, v_TNH, segment_ids_T):
+    def one_row(q_TNH, k_TKH, v_TKH, segment_ids_T):
       to_NTH = lambda x: jnp.swapaxes(x, 0, 1)
       segments = (None if segment_ids_T is None else
                   splash.SegmentIds(q=segment_ids_T, kv=segment_ids_T))
-      out_NTH = kernel(to_NTH(q_TNH), to_NTH(k_TNH), to_NTH(v_TNH),
+      out_NTH = kernel(to_NTH(q_TNH), to_NTH(k_TKH), to_NTH(v_TKH),
                        segment_ids=segments)
       return to_NTH(out_NTH)
 
-    return jax.vmap(one_row)(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+    return jax.vmap(one_row)(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
 
   if segment_ids_BT is not None:
     segment_ids_BT = segment_ids_BT.astype(jnp.int32)
-  mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return per_shard(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+    return per_shard(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
   # Length and head size stay whole on each shard: the kernel tiles them.
-  batch, _, heads, _ = nn.logical_to_mesh_axes(tuple(names))
-  qkv_spec = PartitionSpec(batch, None, heads, None)
+  q_spec = PartitionSpec(batch, None, heads_axes, None)
+  kv_spec = PartitionSpec(batch, None, heads_axes if aligned else None, None)
   segment_spec = None if segment_ids_BT is None else PartitionSpec(batch, None)
   # check_vma=False: pallas_call does not declare how its outputs vary.
   return jax.shard_map(
-      per_shard, in_specs=(qkv_spec,) * 3 + (segment_spec,),
-      out_specs=qkv_spec, check_vma=False)(
-          q_BTNH, k_BTNH, v_BTNH, segment_ids_BT)
+      per_shard, in_specs=(q_spec, kv_spec, kv_spec, segment_spec),
+      out_specs=q_spec, check_vma=False)(
+          q_BTNH, k_BTKH, v_BTKH, segment_ids_BT)
 
 
 def _block_sizes(block: int) -> splash.BlockSizes:

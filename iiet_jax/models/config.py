@@ -22,6 +22,8 @@ ARCHITECTURES = ("transformer", "iiet", "pcformer")
 REMAT_POLICIES = ("none", "full", "save_dots", "save_names", "per_evaluation")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto")
 DTYPES = ("float32", "bfloat16", "float16")
+# RoPE frequency schedules, as transformers names them (`rope_type`).
+ROPE_TYPES = ("default", "llama3")
 PC_ORDERS = (2, 4)
 # `checkpoint_name` tags in the model; `remat_policy="save_names"` keeps the
 # ones listed in `remat_save_names` and recomputes the rest.
@@ -44,10 +46,21 @@ class ModelConfig:
   num_layers: int = 12
   d_model: int = 512
   num_heads: int = 4
+  # Key / value heads (grouped-query attention); None: one per query head.
+  # Query head n reads kv head n // (num_heads // num_kv_heads), as in Llama.
+  num_kv_heads: int | None = None
   d_ff: int = 1408
   tie_embeddings: bool = True
   max_seq_len: int = 2048
   rope_base: float = 10000.0
+  # "default": frequencies rope_base^(-2i/H). "llama3": Llama 3.1's schedule
+  # (transformers' `_compute_llama3_parameters`), which reads the four fields
+  # below; they are ignored for "default".
+  rope_type: str = "default"
+  rope_factor: float = 8.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
   rms_eps: float = 1e-6
   ln_eps: float = 1e-5
   init_std: float = 0.02
@@ -70,6 +83,8 @@ class ModelConfig:
   attention_impl: str = "xla"
 
   def __post_init__(self):
+    if self.num_kv_heads is None:
+      object.__setattr__(self, "num_kv_heads", self.num_heads)
     self._validate()
     iters = self.iterations
     if isinstance(iters, int):
@@ -81,6 +96,11 @@ class ModelConfig:
   @property
   def head_dim(self) -> int:
     return self.d_model // self.num_heads
+
+  @property
+  def query_groups(self) -> int:
+    """Query heads per key / value head."""
+    return self.num_heads // self.num_kv_heads
 
   @property
   def compute_dtype(self) -> jnp.dtype:
@@ -135,8 +155,8 @@ class ModelConfig:
     if self.arch not in ARCHITECTURES:
       fail(f"model.arch={self.arch!r} is not an architecture; choose one of "
            f"{', '.join(ARCHITECTURES)}.")
-    for key in ("vocab_size", "num_layers", "d_model", "num_heads", "d_ff",
-                "max_seq_len"):
+    for key in ("vocab_size", "num_layers", "d_model", "num_heads",
+                "num_kv_heads", "d_ff", "max_seq_len"):
       value = getattr(self, key)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         fail(f"model.{key}={value!r} must be a positive integer.")
@@ -150,6 +170,14 @@ class ModelConfig:
       fail(f"head size d_model/num_heads={self.head_dim} is odd, but RoPE "
            f"rotates pairs of features; pick num_heads so that "
            f"{self.d_model}/num_heads is even.")
+    if self.num_heads % self.num_kv_heads:
+      divisors = [k for k in range(1, self.num_heads + 1)
+                  if self.num_heads % k == 0]
+      fail(f"model.num_heads={self.num_heads} is not divisible by "
+           f"model.num_kv_heads={self.num_kv_heads}: every key / value head "
+           f"serves the same number of query heads. Set num_kv_heads to one "
+           f"of {divisors}.")
+    self._validate_rope(fail)
     iters = self.iterations
     if isinstance(iters, bool) or not isinstance(iters, (int, tuple)):
       fail(f"model.iterations={iters!r} must be an int or a tuple of "
@@ -185,3 +213,26 @@ class ModelConfig:
     if unknown:
       fail(f"model.remat_save_names has unknown tags {unknown}; valid tags: "
            f"{', '.join(CHECKPOINT_NAMES)}.")
+
+  def _validate_rope(self, fail):
+    if self.rope_type not in ROPE_TYPES:
+      fail(f"model.rope_type={self.rope_type!r} is not supported; supported "
+           f"RoPE types: {', '.join(repr(t) for t in ROPE_TYPES)}.")
+    if self.rope_type != "llama3":
+      return
+    if not self.rope_factor >= 1.0:
+      fail(f"model.rope_factor={self.rope_factor!r} must be >= 1 (llama3 "
+           f"RoPE divides the low frequencies by it).")
+    if not self.rope_high_freq_factor > self.rope_low_freq_factor:
+      fail(f"model.rope_high_freq_factor={self.rope_high_freq_factor!r} must "
+           f"exceed model.rope_low_freq_factor="
+           f"{self.rope_low_freq_factor!r} (llama3 RoPE interpolates between "
+           f"them).")
+    if self.rope_low_freq_factor <= 0:
+      fail(f"model.rope_low_freq_factor={self.rope_low_freq_factor!r} must "
+           f"be positive.")
+    if (not isinstance(self.rope_original_max_positions, int)
+        or self.rope_original_max_positions <= 0):
+      fail(f"model.rope_original_max_positions="
+           f"{self.rope_original_max_positions!r} must be a positive integer "
+           f"(the context length the model was pre-trained with).")

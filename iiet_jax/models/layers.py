@@ -1,7 +1,8 @@
 """Building blocks of the shared decoder block B_t (SPEC.md section 1).
 
-Shape suffixes: B batch, T length, D width, N heads, H head size, F MLP width,
-V vocabulary. Every parameter carries logical axis names; every activation a
+Shape suffixes: B batch, T length, D width, N query heads, K key / value
+heads (grouped-query attention: G = N / K query heads per kv head), H head
+size, R = H / 2 rotated pairs, F MLP width, V vocabulary. Every parameter carries logical axis names; every activation a
 logical `activation_*` constraint, so one rules table shards the whole model.
 """
 
@@ -12,6 +13,7 @@ from typing import NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from iiet_jax.models.attention import causal_attention
@@ -22,6 +24,10 @@ Array = jax.Array
 # Logical names of activations; the sharding rules table maps them to mesh axes.
 BTD = ("activation_batch", "activation_length", "activation_embed")
 BTNH = ("activation_batch", "activation_length", "activation_heads",
+        "activation_kv")
+# Keys and values: their heads have their own name, so tensor parallelism can
+# lay them out apart from the query heads (parallel/sharding.py).
+BTKH = ("activation_batch", "activation_length", "activation_kv_heads",
         "activation_kv")
 BTF = ("activation_batch", "activation_length", "activation_mlp")
 BTV = ("activation_batch", "activation_length", "activation_vocab")
@@ -78,26 +84,47 @@ def layer_norm(x: Array, scale: Array, bias: Array, eps: float) -> Array:
   return y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
-def apply_rope(x_BTNH: Array, positions_BT: Array, base: float) -> Array:
+def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
+  """The H/2 rotation frequencies of `cfg.rope_type`, float32 (static).
+
+  llama3 follows transformers' `_compute_llama3_parameters`: wavelengths
+  longer than original_max / low_freq_factor are slowed by `factor`, shorter
+  than original_max / high_freq_factor kept, those between interpolated."""
+  H = cfg.head_dim
+  freq_R = 1.0 / cfg.rope_base ** (np.arange(0, H, 2, dtype=np.float64) / H)
+  if cfg.rope_type == "default":
+    return freq_R.astype(np.float32)
+  factor, low, high = (cfg.rope_factor, cfg.rope_low_freq_factor,
+                       cfg.rope_high_freq_factor)
+  old_len = cfg.rope_original_max_positions
+  wavelen_R = 2 * np.pi / freq_R
+  slow_R = np.where(wavelen_R > old_len / low, freq_R / factor, freq_R)
+  smooth_R = (old_len / wavelen_R - low) / (high - low)
+  mid_R = (wavelen_R >= old_len / high) & (wavelen_R <= old_len / low)
+  blended_R = (1 - smooth_R) * slow_R / factor + smooth_R * slow_R
+  return np.where(mid_R, blended_R, slow_R).astype(np.float32)
+
+
+def apply_rope(x_BTNH: Array, positions_BT: Array, cfg: ModelConfig) -> Array:
   """Rotary embedding, rotate-half layout: pair i is (x[i], x[i + H/2])."""
   half = x_BTNH.shape[-1] // 2
-  freq_K = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 /
-                    x_BTNH.shape[-1])
-  angle_BTK = positions_BT.astype(jnp.float32)[..., None] * freq_K
-  cos_BT1K = jnp.cos(angle_BTK)[:, :, None, :]
-  sin_BT1K = jnp.sin(angle_BTK)[:, :, None, :]
+  freq_R = jnp.asarray(rope_frequencies(cfg))
+  angle_BTR = positions_BT.astype(jnp.float32)[..., None] * freq_R
+  cos_BT1R = jnp.cos(angle_BTR)[:, :, None, :]
+  sin_BT1R = jnp.sin(angle_BTR)[:, :, None, :]
   x32 = x_BTNH.astype(jnp.float32)
   x1, x2 = x32[..., :half], x32[..., half:]
-  out = jnp.concatenate([x1 * cos_BT1K - x2 * sin_BT1K,
-                         x2 * cos_BT1K + x1 * sin_BT1K], axis=-1)
+  out = jnp.concatenate([x1 * cos_BT1R - x2 * sin_BT1R,
+                         x2 * cos_BT1R + x1 * sin_BT1R], axis=-1)
   return out.astype(x_BTNH.dtype)
 
 
 class KVCache(NamedTuple):
-  """Keys and values of block evaluations, leaves [..., B, S, N, H].
+  """Keys and values of block evaluations, leaves [..., B, S, K, H].
 
-  The model's cache is [L, E, B, S, N, H]: one slot per (layer, block
-  evaluation), S positions. New entries travel as [..., B, T, N, H].
+  The model's cache is [L, E, B, S, K, H]: one slot per (layer, block
+  evaluation), S positions, K kv heads. New entries travel as
+  [..., B, T, K, H].
   """
   key: Array
   value: Array
@@ -105,7 +132,7 @@ class KVCache(NamedTuple):
 
 class LayerCache(NamedTuple):
   """The model's cache as one layer reads it: `slot(e)` is evaluation e's
-  [B, S, N, H]. Indexing the whole cache here, not slicing it per layer and
+  [B, S, K, H]. Indexing the whole cache here, not slicing it per layer and
   per iteration, keeps decoding free of cache copies."""
   kv: KVCache
   layer: Array | int
@@ -127,7 +154,7 @@ def kv_stack(entries: Sequence[KVCache | None]) -> KVCache | None:
 
 
 def write_kv(kv: KVCache, new: KVCache, start_B: Array) -> KVCache:
-  """Writes new entries [L, E, B, T, N, H] into the cache [L, E, B, S, N, H]
+  """Writes new entries [L, E, B, T, K, H] into the cache [L, E, B, S, K, H]
   at positions start_B[b].. of each row (in place inside a jitted loop)."""
   def write(cache, new):
     put = lambda c, n, s: jax.lax.dynamic_update_slice(c, n, (0, 0, s, 0, 0))
@@ -136,41 +163,49 @@ def write_kv(kv: KVCache, new: KVCache, start_B: Array) -> KVCache:
   return jax.tree.map(write, kv, new)
 
 
-def cached_attention(q_BTNH: Array, k_BTNH: Array, v_BTNH: Array,
+def cached_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array,
                      cache: KVCache, start_B: Array) -> Array:
   """Attention of new tokens at start_B[b].. to the cache positions before
   them and, causally, to each other; float32 softmax like the training path.
 
   The cache is read where it lies: new keys join through the softmax, not by
-  writing them into a copy of the slot first."""
+  writing them into a copy of the slot first. Grouped queries are a reshape
+  of q to [B, T, K, G, H], so kv heads are never repeated."""
   S, T = cache.key.shape[1], q_BTNH.shape[1]
+  B, _, N, H = q_BTNH.shape
+  K = k_BTKH.shape[2]
+  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   f32 = jnp.float32
-  scale = q_BTNH.shape[-1] ** -0.5
-  old_BNTS = jnp.einsum("btnh,bsnh->bnts", q_BTNH, cache.key,
-                        preferred_element_type=f32) * scale
-  new_BNTT = jnp.einsum("btnh,bsnh->bnts", q_BTNH, k_BTNH,
-                        preferred_element_type=f32) * scale
+  scale = H ** -0.5
+  old_BKGTS = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, cache.key,
+                         preferred_element_type=f32) * scale
+  new_BKGTT = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BTKH,
+                         preferred_element_type=f32) * scale
   # Cache positions from start_B on are stale or empty.
-  before_B11S = (jnp.arange(S) < start_B[:, None])[:, None, None, :]
+  before_B111S = (jnp.arange(S) < start_B[:, None])[:, None, None, None, :]
   causal_TT = jnp.tril(jnp.ones((T, T), bool))
-  logits_BNTX = jnp.concatenate(
-      [jnp.where(before_B11S, old_BNTS, -jnp.inf),
-       jnp.where(causal_TT, new_BNTT, -jnp.inf)], axis=-1)
-  probs_BNTX = jax.nn.softmax(logits_BNTX, axis=-1).astype(v_BTNH.dtype)
-  return (jnp.einsum("bnts,bsnh->btnh", probs_BNTX[..., :S], cache.value) +
-          jnp.einsum("bnts,bsnh->btnh", probs_BNTX[..., S:], v_BTNH))
+  logits_BKGTX = jnp.concatenate(
+      [jnp.where(before_B111S, old_BKGTS, -jnp.inf),
+       jnp.where(causal_TT, new_BKGTT, -jnp.inf)], axis=-1)
+  probs_BKGTX = jax.nn.softmax(logits_BKGTX, axis=-1).astype(v_BTKH.dtype)
+  out_BTKGH = (
+      jnp.einsum("bkgts,bskh->btkgh", probs_BKGTX[..., :S], cache.value) +
+      jnp.einsum("bkgts,bskh->btkgh", probs_BKGTX[..., S:], v_BTKH))
+  return out_BTKGH.reshape(B, T, N, H)
 
 
 class Attention(nn.Module):
-  """Causal multi-head self-attention with RoPE, no biases.
+  """Causal self-attention with RoPE and grouped queries, no biases.
 
-  Whole sequences go through `attention.causal_attention`, where
-  `attention_impl` picks the kernel (XLA, cuDNN on GPU, splash on TPU). With
-  `segment_ids`, tokens attend only within their own packed document.
+  N query heads share K = `num_kv_heads` key / value heads (K = N: plain
+  multi-head attention). Whole sequences go through
+  `attention.causal_attention`, where `attention_impl` picks the kernel (XLA,
+  cuDNN on GPU, splash on TPU). With `segment_ids`, tokens attend only within
+  their own packed document.
 
-  Decoding: with a `cache` slot [B, S, N, H], the tokens sit at
+  Decoding: with a `cache` slot [B, S, K, H], the tokens sit at
   `positions_BT` (contiguous per row) and attend to the cache before them and
-  to each other. Returns (out, their new keys and values [B, T, N, H]), the
+  to each other. Returns (out, their new keys and values [B, T, K, H]), the
   latter None in training.
   """
   config: ModelConfig
@@ -181,27 +216,29 @@ class Attention(nn.Module):
                cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
     cfg = self.config
     dt = cfg.compute_dtype
-    D, N, H = cfg.d_model, cfg.num_heads, cfg.head_dim
-    projections = []
-    for name in ("query", "key", "value"):
-      w_DNH = param(self, name, (D, N, H), ("embed", "heads", "kv"))
+    D, N, K, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+
+    def project(name, heads, axes, names):
+      w_DNH = param(self, name, (D, heads, H), ("embed", axes, "kv"))
       y_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, w_DNH.astype(dt))
-      projections.append(checkpoint_name(constrain(y_BTNH, BTNH),
-                                         f"{name}_proj"))
-    q_BTNH, k_BTNH, v_BTNH = projections
-    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg.rope_base)
-    k_BTNH = apply_rope(k_BTNH, positions_BT, cfg.rope_base)
+      return checkpoint_name(constrain(y_BTNH, names), f"{name}_proj")
+
+    q_BTNH = project("query", N, "heads", BTNH)
+    k_BTKH = project("key", K, "kv_heads", BTKH)
+    v_BTKH = project("value", K, "kv_heads", BTKH)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, cfg)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, cfg)
 
     new_kv = None
     if cache is None:
-      out_BTNH = causal_attention(q_BTNH, k_BTNH, v_BTNH, segment_ids_BT,
-                                  cfg.attention_impl, BTNH)
+      out_BTNH = causal_attention(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT,
+                                  cfg.attention_impl, BTNH, BTKH)
     else:
       if segment_ids_BT is not None:
         raise ValueError("decoding with a KV cache takes no segment_ids")
-      out_BTNH = cached_attention(q_BTNH, k_BTNH, v_BTNH, cache,
+      out_BTNH = cached_attention(q_BTNH, k_BTKH, v_BTKH, cache,
                                   positions_BT[:, 0])
-      new_kv = KVCache(k_BTNH, v_BTNH)
+      new_kv = KVCache(k_BTKH, v_BTKH)
     out_BTNH = checkpoint_name(constrain(out_BTNH, BTNH), "attention_out")
     w_NHD = param(self, "out", (N, H, D), ("heads", "kv", "embed"))
     out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, w_NHD.astype(dt))

@@ -1,11 +1,19 @@
 """Every sharding decision: the logical-axis rules and what follows from them.
 
-Modules name their parameter axes (`embed`, `heads`, `kv`, `mlp`, `vocab`,
-`layers`, `norm`) and activation axes (`activation_*`). A rules table maps each
+Modules name their parameter axes (`embed`, `heads`, `kv_heads`, `kv`, `mlp`,
+`vocab`, `layers`, `norm`) and activation axes (`activation_*`). A rules table maps each
 logical name to mesh axes (`data`, `fsdp`, `tensor`) or to None (replicated).
 `config.sharding.preset` picks one of `PRESETS`; `config.sharding.rules`, when
 given, replaces individual entries. Nothing else in the code base decides how
 an array is laid out.
+
+Key / value heads (`kv_heads`, grouped-query attention) follow the query
+heads under tensor parallelism: split over `tensor` too, so each shard holds
+the kv heads its query heads read and attention needs no communication. That
+needs num_kv_heads to be a multiple of the `tensor` size; with fewer kv heads
+(e.g. one, MQA) set `sharding.rules` `kv_heads` and `activation_kv_heads` to
+None: the small key / value projections are then replicated over `tensor`,
+as Megatron-LM does, and every shard computes all kv heads.
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ _ACTIVATIONS_DP = {
     "activation_length": None,
     "activation_embed": None,
     "activation_heads": None,
+    "activation_kv_heads": None,
     "activation_kv": None,
     "activation_mlp": None,
     "activation_vocab": None,
 }
 _PARAMS_REPLICATED = {name: None for name in
-                      ("embed", "heads", "kv", "mlp", "vocab", "layers",
-                       "norm")}
+                      ("embed", "heads", "kv_heads", "kv", "mlp", "vocab",
+                       "layers", "norm")}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Pure data parallel: parameters and optimizer state on every device.
@@ -41,11 +50,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ZeRO-3 style: every weight matrix split over `fsdp` along `embed`,
     # gathered for use; batch over `data` x `fsdp`.
     "fsdp": {**_PARAMS_REPLICATED, **_ACTIVATIONS_DP, "embed": "fsdp"},
-    # FSDP plus Megatron-style tensor parallelism over `tensor`: heads, MLP
-    # width and vocabulary split, activations sharded to match.
+    # FSDP plus Megatron-style tensor parallelism over `tensor`: query and kv
+    # heads, MLP width and vocabulary split, activations sharded to match.
     "fsdp_tp": {**_PARAMS_REPLICATED, **_ACTIVATIONS_DP, "embed": "fsdp",
-                "heads": "tensor", "mlp": "tensor", "vocab": "tensor",
-                "activation_heads": "tensor", "activation_mlp": "tensor",
+                "heads": "tensor", "kv_heads": "tensor", "mlp": "tensor",
+                "vocab": "tensor", "activation_heads": "tensor",
+                "activation_kv_heads": "tensor", "activation_mlp": "tensor",
                 "activation_vocab": "tensor"},
 }
 

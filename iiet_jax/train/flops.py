@@ -1,7 +1,8 @@
 """Analytic FLOPs per token, per-chip peaks, and MFU.
 
 Counts multiply-adds as 2 FLOPs, from SPEC.md sections 1-4:
-  block B_t      2 * (4 d^2 + 3 d F)  projections + SwiGLU
+  block B_t      2 * (2 d^2 + 2 d K h + 3 d F)  q, o, k, v projections
+                                       (K kv heads of size h) + SwiGLU
                  + 4 T d               scores and values (full-matrix count,
                                        the PaLM convention; causal masking
                                        would halve it)
@@ -46,7 +47,8 @@ def chip(device_kind: str) -> tuple[float | None, float | None]:
 
 def block_flops(cfg: ModelConfig, seq_len: int) -> float:
   d, f = cfg.d_model, cfg.d_ff
-  return 2.0 * (4 * d * d + 3 * d * f) + 4.0 * seq_len * d
+  kv = cfg.num_kv_heads * cfg.head_dim
+  return 2.0 * (2 * d * d + 2 * d * kv + 3 * d * f) + 4.0 * seq_len * d
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
