@@ -1,5 +1,8 @@
 """SentencePiece BPE tokenizer: load a `.model`, or train one and cache it.
 
+`load_tokenizer` also reads a tokenizer.json (fast_tokenizer.JsonTokenizer,
+same interface), for models imported with one and no `.model`.
+
 Special ids follow Llama for bos/eos and put padding at 0:
 
   0 <pad>   packed and padded batches are zero-filled, so a 0 is never a
@@ -72,12 +75,20 @@ class Tokenizer:
     return self._sp.pad_id()
 
   def special_pieces(self) -> dict[str, str]:
-    """The pieces of bos / eos / unk / pad, keyed as Hugging Face names them."""
+    """The pieces of bos / eos / unk / pad, keyed as Hugging Face names them
+    (those the model has: Llama-2's, for one, has no pad)."""
     sp = self._sp
-    return {"bos_token": sp.id_to_piece(sp.bos_id()),
-            "eos_token": sp.id_to_piece(sp.eos_id()),
-            "unk_token": sp.id_to_piece(sp.unk_id()),
-            "pad_token": sp.id_to_piece(sp.pad_id())}
+    ids = {"bos_token": sp.bos_id(), "eos_token": sp.eos_id(),
+           "unk_token": sp.unk_id(), "pad_token": sp.pad_id()}
+    return {key: sp.id_to_piece(i) for key, i in ids.items() if i >= 0}
+
+  def hf_files(self) -> dict[str, bytes]:
+    """The tokenizer files of an export folder: this model, and the fast
+    tokenizer converted from it that encodes to the same ids."""
+    from iiet_jax.data import fast_tokenizer
+    fast = fast_tokenizer.from_sentencepiece(self._model_proto, self.path)
+    return {"tokenizer.model": self._model_proto,
+            "tokenizer.json": fast.to_str(pretty=True).encode("utf-8")}
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without bos/eos (the pipeline adds those)."""
@@ -96,13 +107,22 @@ class Tokenizer:
     return f"Tokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
 
 
-def load_tokenizer(path: epath.PathLike) -> Tokenizer:
-  """Loads a SentencePiece `.model` from a local or remote path."""
+def load_tokenizer(path: epath.PathLike):
+  """A SentencePiece `.model` or a tokenizers `.json`, by the suffix, from a
+  local or remote path; both have the interface of `Tokenizer`."""
   path = epath.Path(path)
   if not path.exists():
     raise MissingInputError(
-        f"No tokenizer model at {path}. Pass the path of an existing "
-        "SentencePiece .model, or build one with load_or_train().")
+        f"No tokenizer at {path}. Pass the path of an existing SentencePiece "
+        ".model or tokenizer.json, or build one with load_or_train().")
+  if path.suffix == ".json":
+    from iiet_jax.data import fast_tokenizer
+    return fast_tokenizer.JsonTokenizer.from_file(path)
+  if path.suffix != ".model":
+    raise TokenizerError(
+        f"data.tokenizer={path}: the suffix says neither a SentencePiece "
+        f"model (.model) nor a tokenizers file (.json); rename it to say "
+        f"which it is.")
   return Tokenizer(path.read_bytes(), os.fspath(path))
 
 

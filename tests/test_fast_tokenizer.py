@@ -1,0 +1,171 @@
+"""tokenizer.json: our SentencePiece model converted for the ecosystem, and
+any tokenizer.json as a tokenizer of ours.
+
+Expected ids come from SentencePiece itself (what the pipeline trains with);
+for the tokenizer.json backend, from the tokenizers library directly.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import sysconfig
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+from tokenizers import Tokenizer
+
+from iiet_jax.data import fast_tokenizer
+from iiet_jax.data import tokenizer as tok_lib
+from iiet_jax.export import hf_tokenizer
+
+VOCAB = 400
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+_TRAIN = ("textwrap.py", "string.py", "argparse.py")
+# Real text the tokenizer never saw; html/entities.py and cp1252.py are full
+# of characters outside a 400-piece vocabulary (byte fallback).
+_HELD_OUT = ("json/decoder.py", "csv.py", "email/utils.py",
+             "html/entities.py", "encodings/cp1252.py")
+EDGES = [
+    "", " ", "    leading spaces", "trailing spaces  \t ",
+    "tabs\t\tand\tnewlines\n\n\n", "\n  runs \t \n   of    whitespace\r\n",
+    "naïve café — 日本語 Ωμέγα", "outside the vocabulary: 🙂 𝔘𝔫𝔦 ☃ \x00 \x7f",
+    "digits 1234567890 and 3.14159",
+]
+SPECIAL_TEXT = "<s> and </s> are text here, <pad> and <unk> too"
+
+
+def _texts() -> list[str]:
+  return [(STDLIB / n).read_text(encoding="utf-8") for n in _HELD_OUT] + EDGES
+
+
+def _corpus() -> list[str]:
+  return [(STDLIB / n).read_text(encoding="utf-8") for n in _TRAIN]
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+  """Our trained SentencePiece tokenizer and an export's tokenizer files."""
+  root = tmp_path_factory.mktemp("fast")
+  tokenizer = tok_lib.train_tokenizer(_corpus(), VOCAB, root / "spm.model")
+  hf_tokenizer.write(root, tokenizer, max_len=128)
+  return tokenizer, root
+
+
+def test_export_files(ours):
+  tokenizer, folder = ours
+  assert (folder / "tokenizer.model").read_bytes() == tokenizer.model_proto
+  config = json.loads((folder / "tokenizer_config.json").read_text())
+  assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
+  assert "auto_map" not in config
+  assert {k: config[k] for k in fast_tokenizer.SPECIAL_KEYS} == {
+      "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
+      "unk_token": "<unk>"}
+
+
+def test_converted_ids_equal_sentencepiece(ours):
+  tokenizer, folder = ours
+  sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+  fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
+  bytes_seen = 0
+  for text in _texts():
+    want = sp.encode(text)
+    assert tokenizer.encode(text) == want
+    assert fast.encode(text, add_special_tokens=False).ids == want, text[:80]
+    assert fast.encode(text).ids == [tok_lib.BOS_ID] + want
+    assert fast.decode(want) == text
+    bytes_seen += sum(4 <= i < 4 + tok_lib.NUM_BYTES for i in want)
+  assert bytes_seen > 100  # byte fallback was exercised
+
+
+def test_special_tokens(ours):
+  tokenizer, folder = ours
+  fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
+  ids = {p: fast.token_to_id(p) for p in ("<pad>", "<s>", "</s>", "<unk>")}
+  assert ids == {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+  assert fast.decode([1, *tokenizer.encode("x = 1"), 2, 0]) == "x = 1"
+  # Like SentencePiece, the strings of special tokens in a text are text
+  # once the flag that tokenizer.json cannot store is set.
+  fast.encode_special_tokens = True
+  assert fast.encode(SPECIAL_TEXT, add_special_tokens=False).ids == \
+      tokenizer.encode(SPECIAL_TEXT)
+
+
+def test_auto_tokenizer_needs_no_remote_code(ours):
+  transformers = pytest.importorskip("transformers")
+  tokenizer, folder = ours
+  (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+  auto = transformers.AutoTokenizer.from_pretrained(folder)
+  assert type(auto).__module__.startswith("transformers.")
+  assert (auto.pad_token_id, auto.bos_token_id, auto.eos_token_id,
+          auto.unk_token_id) == (0, 1, 2, 3)
+  for text in _texts() + [SPECIAL_TEXT]:
+    ids = auto(text)["input_ids"]
+    assert ids == [1] + tokenizer.encode(text), text[:80]
+    assert auto.decode(ids, skip_special_tokens=True) == text
+
+
+def test_llama2_style_model_converts(tmp_path):
+  """A dummy-prefix model, as Llama-2's tokenizer.model is."""
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter("".join(_corpus()).splitlines(keepends=True)),
+      model_writer=model, model_type="bpe", vocab_size=VOCAB,
+      byte_fallback=True, add_dummy_prefix=True, split_digits=True,
+      normalization_rule_name="identity", remove_extra_whitespaces=False,
+      unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+  sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+  tokenizer = tok_lib.Tokenizer(model.getvalue())
+  assert "pad_token" not in tokenizer.special_pieces()
+  fast = fast_tokenizer.from_sentencepiece(model.getvalue())
+  for text in _texts():
+    want = sp.encode(text)
+    assert fast.encode(text, add_special_tokens=False).ids == want, text[:80]
+    assert fast.decode(want) == sp.decode(want)
+
+
+def test_unconvertible_models_are_refused(tmp_path):
+  model = io.BytesIO()
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(_corpus()[0].splitlines()), model_writer=model,
+      model_type="unigram", vocab_size=200, minloglevel=2)
+  with pytest.raises(tok_lib.TokenizerError,
+                     match=r"m\.model is not a BPE model"):
+    fast_tokenizer.from_sentencepiece(model.getvalue(), "m.model")
+
+
+def test_json_backend_has_our_interface(ours):
+  tokenizer, folder = ours
+  loaded = tok_lib.load_tokenizer(folder / "tokenizer.json")
+  assert isinstance(loaded, fast_tokenizer.JsonTokenizer)
+  assert loaded.vocab_size == tokenizer.vocab_size == VOCAB
+  assert (loaded.pad_id, loaded.bos_id, loaded.eos_id) == (0, 1, 2)
+  assert loaded.special_pieces() == tokenizer.special_pieces()
+  clone = pickle.loads(pickle.dumps(loaded))
+  for text in _texts()[-len(EDGES):] + [SPECIAL_TEXT]:
+    assert loaded.encode(text) == tokenizer.encode(text)
+    assert clone.encode(text) == tokenizer.encode(text)
+    assert loaded.decode([1, *tokenizer.encode(text), 2]) == text
+  assert loaded.hf_files()["tokenizer.json"] == \
+      (folder / "tokenizer.json").read_bytes()
+
+
+def test_json_backend_errors_name_the_file(ours, tmp_path):
+  _, folder = ours
+  bare = tmp_path / "tokenizer.json"
+  bare.write_bytes((folder / "tokenizer.json").read_bytes())
+  with pytest.raises(tok_lib.TokenizerError,
+                     match=rf"bos_token or eos_token .*{bare}.*write "
+                           rf"{tmp_path}/tokenizer_config.json"):
+    tok_lib.load_tokenizer(bare)
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+      {"bos_token": "<s>", "eos_token": {"content": "<eos>"}}))
+  with pytest.raises(tok_lib.TokenizerError,
+                     match=r"eos_token='<eos>' .* is not a token of"):
+    tok_lib.load_tokenizer(bare)
+  other = tmp_path / "spm.bin"
+  other.write_bytes(b"")
+  with pytest.raises(tok_lib.TokenizerError, match=r"spm\.bin: the suffix"):
+    tok_lib.load_tokenizer(other)
