@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax import plots
-from iiet_jax.commands import open_run
+from iiet_jax.runs import open_run
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.decode import decode_step, init_cache, prefill
 from iiet_jax.iiad import influence as inf

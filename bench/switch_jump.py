@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from iiet_jax import overrides as ov
-from iiet_jax.commands import open_run
+from iiet_jax.runs import open_run
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.iiad.influence import mean_loss
 from iiet_jax.models import build_model

@@ -81,3 +81,51 @@ def override_args(overrides: dict) -> list[str]:
   """{"model.iterations": (1, 2)} -> ["--config.model.iterations=(1, 2)"]."""
   return [f"--config.{k}={v if isinstance(v, str) else repr(v)}"
           for k, v in overrides.items()]
+
+
+def sequence_keys() -> tuple[str, ...]:
+  """Config keys that hold an int or one int per layer (ModelConfig fields
+  typed `int | tuple[int, ...]`, e.g. model.iterations)."""
+  import dataclasses
+  from iiet_jax.models.config import ModelConfig
+  return tuple(f"model.{f.name}" for f in dataclasses.fields(ModelConfig)
+               if "tuple[int" in str(f.type))
+
+
+def _sequence_overrides(argv: Sequence[str]) -> list[tuple[str, str, str]]:
+  """(arg, key, value) of each `--config.KEY=a,b,c` / `=(a,b,c)` of a
+  sequence key: absl would parse those as one int and fail."""
+  keys = sequence_keys()
+  found = []
+  for arg in argv:
+    if not arg.startswith("--config.") or "=" not in arg:
+      continue
+    key, value = arg[len("--config."):].split("=", 1)
+    if key in keys and any(c in value for c in ",()[]"):
+      found.append((arg, key, value))
+  return found
+
+
+def without_sequences(argv: Sequence[str], spec: str | None) -> list[str]:
+  """argv for absl: the sequence overrides are applied by
+  `apply_sequences` after parsing."""
+  drop = {arg for arg, _, _ in _sequence_overrides(argv)} if spec else set()
+  return [arg for arg in argv if arg not in drop]
+
+
+def apply_sequences(config, argv: Sequence[str]):
+  """Sets each sequence override on `config` (parsed by absl); returns it."""
+  for _, key, value in _sequence_overrides(argv):
+    items = [v.strip() for v in value.strip().strip("()[]").split(",")]
+    try:
+      counts = tuple(int(v) for v in items if v)
+    except ValueError:
+      raise OverrideError(
+          f"--config.{key}={value}: give one integer for every layer or a "
+          f"list of integers, one per layer, e.g. --config.{key}=3,1,1,1 "
+          f"or --config.{key}='(3,1,1,1)'.") from None
+    block, _, name = key.rpartition(".")
+    target = config.get(block) if block else config
+    with config.ignore_type():
+      target[name] = counts[0] if len(counts) == 1 else counts
+  return config

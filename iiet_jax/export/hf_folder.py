@@ -81,7 +81,7 @@ def _json(path: Path, value) -> None:
 def export(workdir: str, out: str, step: int | None = None,
            dtype: str = "float32", overwrite: bool = False) -> Path:
   """Writes the HF folder of `workdir`'s checkpoint `step` (newest)."""
-  from iiet_jax.commands import open_run, run_tokenizer
+  from iiet_jax.runs import open_run, run_tokenizer
   if dtype not in DTYPES:
     raise ExportError(f"--dtype={dtype!r}; choose one of "
                       f"{', '.join(DTYPES)}.")

@@ -137,7 +137,7 @@ def score_lm_eval(model, params, tokenizer, path: Path, out) -> dict:
 
 def score(workdir: str, input_path: str, step: int | None = None,
           out: str | None = None) -> dict:
-  from iiet_jax.commands import open_run, run_tokenizer
+  from iiet_jax.runs import open_run, run_tokenizer
   path = Path(input_path)
   if not path.is_file():
     raise ScoreError(f"--input={input_path} is not a file.")

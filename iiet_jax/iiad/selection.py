@@ -21,12 +21,27 @@ class SelectionError(UserError, ValueError):
   kind = "Influence"
 
 
-def by_threshold(influence_LR: np.ndarray, tau: float) -> tuple[int, ...]:
+def check(tau: float | None, budget: float | None) -> None:
+  """Fails on a threshold or budget no influence could satisfy, so a run
+  is refused before anything is measured."""
+  if budget:
+    if not 0.0 < budget <= 1.0:
+      raise SelectionError(f"budget={budget} must lie in (0, 1]: the share "
+                           f"of the teacher's iterations to keep.")
+  elif tau is not None:
+    check_tau(tau)
+
+
+def check_tau(tau: float) -> None:
   if not 0.0 <= tau < 1.0:
     raise SelectionError(
         f"tau={tau} is outside [0, 1): influence is a relative state change, "
         f"so tau >= 1 would drop iterations that still move the state by as "
         f"much as the state itself; tau < 0 is meaningless.")
+
+
+def by_threshold(influence_LR: np.ndarray, tau: float) -> tuple[int, ...]:
+  check_tau(tau)
   counts = []
   for row in np.asarray(influence_LR, np.float64):
     r = 0

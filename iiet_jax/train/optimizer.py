@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from iiet_jax.models.config import ConfigError
+
 # Parameter leaf names that are decayed (projections and MLP of B_t, the head).
 DECAYED = frozenset({"query", "key", "value", "out", "gate", "up", "down",
                      "head"})
@@ -21,9 +23,10 @@ DECAYED = frozenset({"query", "key", "value", "out", "gate", "up", "down",
 def learning_rate_schedule(opt, total_steps: int) -> optax.Schedule:
   """Linear warm-up to `peak_lr`, cosine decay to `peak_lr * end_lr_ratio`."""
   if total_steps <= opt.warmup_steps:
-    raise ValueError(
+    raise ConfigError(
         f"total_steps={total_steps} must exceed "
-        f"optimizer.warmup_steps={opt.warmup_steps}.")
+        f"optimizer.warmup_steps={opt.warmup_steps}: raise "
+        f"--config.total_steps or lower --config.optimizer.warmup_steps.")
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=opt.peak_lr, warmup_steps=opt.warmup_steps,
       decay_steps=total_steps, end_value=opt.peak_lr * opt.end_lr_ratio)
@@ -58,7 +61,7 @@ def make_optimizer(opt, total_steps: int
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """`opt` is the `optimizer` block of the config."""
   if opt.moments_dtype not in ("float32", "bfloat16"):
-    raise ValueError(f"optimizer.moments_dtype={opt.moments_dtype!r}; choose "
+    raise ConfigError(f"optimizer.moments_dtype={opt.moments_dtype!r}; choose "
                      f"float32 or bfloat16.")
   schedule = learning_rate_schedule(opt, total_steps)
   adamw = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,

@@ -1,0 +1,98 @@
+"""The command line: `iiet COMMAND [--FLAG=VALUE ...]` (also
+`python -m iiet_jax.main COMMAND`). `iiet --help` lists the commands and
+`iiet COMMAND --help` a command's flags (cli/flags.py).
+
+This package only parses, calls one library function per command
+(cli/commands.py) and prints. Every error a user can fix is a
+`iiet_jax.errors.UserError`, caught here once and printed as
+`<kind> error: message` with a non-zero exit and no traceback; library logs
+go to WORKDIR/iiet.log (cli/logs.py).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from iiet_jax import hostenv
+from iiet_jax.cli import flags as cli_flags
+from iiet_jax.cli import logs
+
+HELP = ("--help", "-h", "--helpshort", "--helpfull", "-?")
+
+
+def _command(argv: list[str]) -> str:
+  """Takes the command out of argv (default: train)."""
+  from iiet_jax.cli.commands import UsageError
+  if len(argv) > 1 and not argv[1].startswith("-"):
+    command = argv.pop(1)
+    if command not in cli_flags.COMMANDS:
+      raise UsageError(f"Unknown command {command!r}; choose one of "
+                       f"{', '.join(cli_flags.COMMANDS)} (`iiet --help` "
+                       f"says what each does).")
+    return command
+  return "train"
+
+
+def _parse(command: str, argv: list[str]):
+  """absl-parses argv for `command`; returns (flags, positional args)."""
+  from absl import flags
+  from iiet_jax import overrides
+  from iiet_jax.cli.commands import UsageError
+  spec = overrides.config_spec(argv)
+  keys = overrides.override_keys(argv)
+  if spec and keys:  # unknown keys, named with the closest valid ones
+    overrides.check_keys(overrides.load_config_file(spec)[0], keys)
+  cli_flags.define(command)
+  try:
+    rest = flags.FLAGS(overrides.without_sequences(argv, spec))
+  except flags.Error as err:
+    message = str(err).split("\n")[0]
+    if message.startswith("flag --config"):
+      raise overrides.OverrideError(message) from None
+    raise UsageError(f"{message} (`iiet {command} --help` lists its "
+                     f"flags).") from None
+  if len(rest) > 1 and command != "plot":
+    raise UsageError(f"Unexpected arguments {rest[1:]}: flags are written "
+                     f"--NAME=VALUE (`iiet {command} --help` lists them).")
+  return flags.FLAGS, rest[1:]
+
+
+def main(argv: list[str]) -> int:
+  """Runs one command; returns the exit code."""
+  from iiet_jax.errors import UserError
+  try:
+    named = len(argv) > 1 and not argv[1].startswith("-")
+    command = _command(argv)
+    if any(a in HELP for a in argv[1:]):
+      print(cli_flags.command_help(command) if named
+            else cli_flags.overview())
+      return 0
+    if command == "distill":
+      argv.append("--config.stage=distill")
+    sys.argv = argv
+    F, rest = _parse(command, argv)
+    from iiet_jax.cli import commands
+    if command == "plot":
+      commands.plot(F, rest)
+    else:
+      commands.HANDLERS[command](F)
+    return 0
+  except UserError as err:
+    print(f"{err.kind} error: {err}", file=sys.stderr)
+    return 1
+  except OSError as err:  # a path the user gave: unwritable, missing, full
+    print(f"File error: {err}", file=sys.stderr)
+    return 1
+  finally:
+    logs.close()
+
+
+def run(argv: list[str] | None = None) -> None:
+  """Console script `iiet` (pyproject.toml) and `python -m iiet_jax.main`."""
+  if argv is None:  # the process entry point, not a call from Python
+    hostenv.reexec_with_huge_pages()
+  logs.quiet_cpu_host()
+  logs.setup()
+  code = main(list(sys.argv if argv is None else argv))
+  if code:
+    sys.exit(code)
