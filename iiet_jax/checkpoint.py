@@ -28,7 +28,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from iiet_jax.errors import UserError
+from iiet_jax.errors import UserError, warn
 
 # Fields that change the parameter tree; the others (dtypes of compute,
 # remat, attention kernel, ...) may differ between a save and a restore.
@@ -150,30 +150,21 @@ class Checkpoints:
     restore that step into (for runs whose model changes with the step).
     Returns None when there is no checkpoint at all.
     """
-    skipped = []
-    for step in reversed(self.steps()):
-      try:
-        model = self.model_description(step)
-      except Exception as err:  # pylint: disable=broad-except
-        skipped.append(self._skip(step, err))
-        continue
+    def read(step: int):
+      model = self.model_description(step)
       target = abstract_state
       if check is not None:
         target = check(step, model) or abstract_state
       self._check_data_files(step)
-      try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
-      except Exception as err:  # pylint: disable=broad-except
-        skipped.append(self._skip(step, err))
-        continue
-      return Restored(step, restored["state"], model, skipped)
-    if skipped:
-      raise CheckpointError(
-          f"No checkpoint in {self.directory} can be read (tried steps "
-          f"{skipped}). Move the directory away to start afresh.")
-    return None
+      return model, self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target),
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+
+    found = newest_readable(self.directory, self.steps(), read, self._skip)
+    if found is None:
+      return None
+    step, (model, restored), skipped = found
+    return Restored(step, restored["state"], model, skipped)
 
   def _skip(self, step: int, err: Exception) -> int:
     """Moves an unreadable step aside (kept for inspection, never reused)."""
@@ -232,9 +223,59 @@ def checkpoint_dir(source: str) -> epath.Path:
   if (path / "checkpoints").is_dir():
     path = path / "checkpoints"
   if not path.is_dir():
-    raise FileNotFoundError(f"{source} is not a directory; give a run's "
-                            f"workdir or its checkpoints directory.")
+    raise CheckpointError(f"{source} is not a directory; give a run's "
+                          f"workdir or its checkpoints directory.")
   return path
+
+
+# The JSON files of a step that every reader needs.
+_STEP_JSON = ("_CHECKPOINT_METADATA", "model/metadata", "config/metadata",
+              "state/_METADATA")
+
+
+def unreadable_file(step_dir: epath.Path) -> str | None:
+  """'<file>: <why>' for the first of a step's JSON files that is missing or
+  damaged, None when all parse."""
+  import json
+  for name in _STEP_JSON:
+    path = step_dir / name
+    if not path.exists():
+      return f"{path}: missing"
+    try:
+      json.loads(path.read_text())
+    except ValueError as err:
+      return f"{path}: {err}"
+  return None
+
+
+def newest_readable(directory: epath.Path, steps: list[int],
+                    read: Callable[[int], Any],
+                    on_skip: Callable[[int, Exception], Any] | None = None):
+  """(step, read(step), skipped steps) for the newest step `read` succeeds
+  on, newest first; None when there are no steps. Every reader of a run
+  (resume, warm start, teacher, export, score, generate, influence) falls
+  back this way, with a warning line per skipped step. CheckpointError from
+  `read` (a refusal, not damage) is passed on."""
+  skipped, reasons = [], []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, read(step), skipped
+    except CheckpointError:
+      raise
+    except Exception as err:  # pylint: disable=broad-except
+      why = (unreadable_file(directory / str(step))
+             or f"{type(err).__name__}: {str(err)[:300]}")
+      warn(f"checkpoint step {step} in {directory} cannot be read ({why}); "
+           f"falling back to the previous one")
+      if on_skip is not None:
+        on_skip(step, err)
+      skipped.append(step)
+      reasons.append(f"step {step}: {why}")
+  if not skipped:
+    return None
+  raise CheckpointError(
+      f"No complete checkpoint in {directory}: {'; '.join(reasons)}. "
+      f"Restore the files, or move the directory away to start afresh.")
 
 
 def _reader(directory: epath.Path) -> ocp.CheckpointManager:
@@ -254,15 +295,23 @@ def saved_run(source: str, step: int | None = None) -> SavedRun:
   steps = sorted(manager.all_steps())
   if not steps:
     raise CheckpointError(f"{source}: no checkpoint in {directory}.")
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
+  if step is not None and step not in steps:
     manager.close()
     raise CheckpointError(f"{source} has no checkpoint of step {step}; it "
                           f"has steps {', '.join(map(str, steps))}.")
-  items = manager.restore(step, args=ocp.args.Composite(
-      model=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
-  manager.close()
+
+  def read(s: int):
+    damaged = unreadable_file(directory / str(s))
+    if damaged:  # the state's metadata too: restore_params reads it next
+      raise ValueError(damaged)
+    return manager.restore(s, args=ocp.args.Composite(
+        model=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+
+  try:
+    step, items, _ = newest_readable(directory, [step] if step is not None else steps,
+                                     read)
+  finally:
+    manager.close()
   return SavedRun(directory, step, items["model"], items["config"])
 
 
@@ -287,11 +336,17 @@ def save_params(directory: epath.PathLike, step: int, params,
 def restore_params(run: SavedRun, abstract_params) -> Any:
   """The run's parameters onto `abstract_params`' shapes and shardings."""
   manager = _reader(run.directory)
-  restored = manager.restore(run.step, args=ocp.args.Composite(
-      state=ocp.args.PyTreeRestore(
-          item={"params": abstract_params},
-          restore_args=ocp.checkpoint_utils.construct_restore_args(
-              {"params": abstract_params}),
-          partial_restore=True)))
-  manager.close()
+  try:
+    restored = manager.restore(run.step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            item={"params": abstract_params},
+            restore_args=ocp.checkpoint_utils.construct_restore_args(
+                {"params": abstract_params}),
+            partial_restore=True)))
+  except (ValueError, OSError) as err:  # damaged arrays; a shape mismatch
+    raise CheckpointError(
+        f"The parameters of checkpoint step {run.step} in {run.directory} "
+        f"cannot be read ({type(err).__name__}: {str(err)[:300]}).") from err
+  finally:
+    manager.close()
   return restored["state"]["params"]
