@@ -30,8 +30,8 @@ from iiet_jax.runs import open_run
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.iiad.influence import mean_loss
 from iiet_jax.models import build_model
-from iiet_jax.stages import merge as merge_lib
 from iiet_jax.stages import switch_init
+from iiet_jax.train import merge as merge_lib
 
 
 def jumps(workdir: str, step: int, spec: str) -> dict:

@@ -66,7 +66,7 @@ import numpy as np
 import torch_twin
 from iiet_jax import hostenv
 from iiet_jax.models import ModelConfig
-from iiet_jax.stages.distill import with_model
+from iiet_jax.overrides import with_model
 from iiet_jax.train import flops
 from iiet_jax.train.build import build_training
 

@@ -82,9 +82,7 @@ def compile_train_step(config, devices) -> dict:
 
   start = time.perf_counter()
   training = build_training(config, devices=devices)
-  state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      training.abstract_state, training.state_shardings)
+  state = training.sharded_state()
   batch = {"tokens": jax.ShapeDtypeStruct(
       (config.batch_size, config.seq_len), jnp.int32,
       sharding=batch_sharding(training.mesh, training.rules))}

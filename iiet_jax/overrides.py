@@ -129,3 +129,14 @@ def apply_sequences(config, argv: Sequence[str]):
     with config.ignore_type():
       target[name] = counts[0] if len(counts) == 1 else counts
   return config
+
+
+def with_model(config, model_cfg) -> ml_collections.ConfigDict:
+  """A copy of the run `config` whose `model` block is `model_cfg` (a
+  ModelConfig, e.g. rebuilt from a checkpoint's description)."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    # A whole new block: per-layer iterations are a tuple where the
+    # config may hold an int.
+    out.model = ml_collections.ConfigDict(model_cfg.to_dict())
+  return out

@@ -33,7 +33,8 @@ assert jax.process_count() == 2
 
 from pathlib import Path  # noqa: E402
 
-from iiet_jax.train import loop  # noqa: E402
+from iiet_jax import stages  # noqa: E402
+from iiet_jax.train.writers import MetricWriters  # noqa: E402
 from training import run_config  # noqa: E402
 
 allgathers = []  # the last step trained at each allgather (0: before any)
@@ -48,7 +49,7 @@ def counted_allgather(*args, **kwargs):
 multihost_utils.process_allgather = counted_allgather
 
 signalled, trained = [], [0]
-write = loop.MetricWriters.write
+write = MetricWriters.write
 
 
 def write_then_signal(writer, step, metrics, prefix="train"):
@@ -61,12 +62,12 @@ def write_then_signal(writer, step, metrics, prefix="train"):
       os.kill(os.getpid(), signal.SIGTERM)
 
 
-loop.MetricWriters.write = write_then_signal
+MetricWriters.write = write_then_signal
 
 cfg = run_config(Path(data), "transformer", total_steps=3000)
 cfg.log_every = 1
 cfg.eval_every = cfg.checkpoint.every = 100_000  # only the SIGTERM checkpoint
-summary = loop.train(cfg, workdir)
+summary = stages.train(cfg, workdir)
 with open(f"{out}.{process_id}.json", "w") as f:
   json.dump({"summary": summary, "signalled": signalled,
              "allgathers": allgathers}, f)

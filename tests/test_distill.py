@@ -10,10 +10,10 @@ import pytest
 
 from conftest import random_tokens, small_config
 from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax import stages
 from iiet_jax.iiad import selection
 from iiet_jax.models import build_model
 from iiet_jax.stages import distill
-from iiet_jax.train import loop
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train.optimizer import make_optimizer
 from iiet_jax.train.state import TrainState
@@ -68,7 +68,7 @@ def test_kl_is_zero_for_identical_logits_and_matches_a_direct_sum():
 
 def _teacher(tmp_path):
   cfg = run_config(tmp_path / "data", "iiet", total_steps=4)
-  loop.train(cfg, tmp_path / "teacher")
+  stages.train(cfg, tmp_path / "teacher")
   return cfg
 
 
@@ -84,7 +84,7 @@ def test_distill_stage_runs_resumes_and_keeps_its_iterations(tmp_path):
   _teacher(tmp_path)
   cfg = _student(tmp_path, total_steps=6, budget=0.5)
   with _stop_after(3):
-    first = loop.train(cfg, tmp_path / "student")
+    first = stages.train(cfg, tmp_path / "student")
   assert first["preempted"]
   saved = ckpt_lib.saved_run(str(tmp_path / "student"))
   kept = saved.model["iterations"]
@@ -92,7 +92,7 @@ def test_distill_stage_runs_resumes_and_keeps_its_iterations(tmp_path):
   assert 2 <= sum(kept) < 4  # half of the teacher's 2 x 2 iterations
   # Resumed with another rule: the saved r_t stand, nothing is re-measured.
   cfg.distill.budget, cfg.distill.tau = 0.0, 0.0
-  summary = loop.train(cfg, tmp_path / "student")
+  summary = stages.train(cfg, tmp_path / "student")
   assert summary["steps"] == 6
   assert summary["student_iterations"] == kept
   assert summary["teacher_iterations"] == [2, 2]
@@ -106,14 +106,14 @@ def test_distill_stage_runs_resumes_and_keeps_its_iterations(tmp_path):
 
 def test_non_iiet_teacher_is_refused(tmp_path):
   cfg = run_config(tmp_path / "data", "transformer", total_steps=2)
-  loop.train(cfg, tmp_path / "teacher")
+  stages.train(cfg, tmp_path / "teacher")
   with pytest.raises(distill.DistillError, match="'transformer' model.*IIET"):
-    loop.train(_student(tmp_path), tmp_path / "student")
+    stages.train(_student(tmp_path), tmp_path / "student")
 
 
 def test_bad_tau_is_refused_before_training(tmp_path):
   _teacher(tmp_path)
   with pytest.raises(selection.SelectionError, match="tau=1.5 is outside"):
-    loop.train(_student(tmp_path, tau=1.5), tmp_path / "student")
+    stages.train(_student(tmp_path, tau=1.5), tmp_path / "student")
   assert not (tmp_path / "student" / "checkpoints").exists() or not list(
       (tmp_path / "student" / "checkpoints").iterdir())

@@ -11,7 +11,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from iiet_jax.train import loop
+from iiet_jax import stages
 from iiet_jax.train import profiling
 from training import run_config
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_trace_of_the_chosen_steps_lands_in_tensorboard(tmp_path):
   cfg = run_config(tmp_path, total_steps=4)
   cfg.profile_steps = (2, 4)
-  summary = loop.train(cfg, tmp_path / "run")
+  summary = stages.train(cfg, tmp_path / "run")
   assert summary["steps"] == 4
   profile = tmp_path / "run" / "tensorboard" / "plugins" / "profile"
   xplanes = list(profile.glob("*/*.xplane.pb"))

@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from iiet_jax import checkpoint as ckpt_lib
-from iiet_jax.stages import merge as merge_lib
+from iiet_jax import stages
 from iiet_jax.stages import pretrain
-from iiet_jax.train import loop
+from iiet_jax.train import merge as merge_lib
 from iiet_jax.train.build import build_training
+from iiet_jax.train.writers import MetricWriters
 from training import batches, read_metrics, run_config, tiny_training_config
 
 
@@ -73,7 +74,7 @@ def test_merge_refuses_what_is_not_allowed():
 
 def test_two_stage_run_switches_at_the_configured_step(tmp_path):
   cfg = run_config(tmp_path / "data", "iiet", total_steps=12, switch_at=0.5)
-  summary = loop.train(cfg, tmp_path / "run")
+  summary = stages.train(cfg, tmp_path / "run")
   assert summary["steps"] == 12 and not summary["preempted"]
   losses, events = read_metrics(tmp_path / "run")
   switch = [e for e in events if e["event"].startswith("switched to iiet")]
@@ -87,12 +88,12 @@ def test_two_stage_run_switches_at_the_configured_step(tmp_path):
   assert checkpoints.model_description(12)["arch"] == "iiet"
   checkpoints.close()
   # Run again in the finished workdir: nothing trains, the summary stands.
-  assert loop.train(cfg, tmp_path / "run") == summary
+  assert stages.train(cfg, tmp_path / "run") == summary
   assert sorted(read_metrics(tmp_path / "run")[0]) == list(range(1, 13))
 
 
 def _run(cfg, workdir):
-  summary = loop.train(cfg, workdir)
+  summary = stages.train(cfg, workdir)
   return summary, read_metrics(workdir)
 
 
@@ -105,7 +106,7 @@ def test_resume_after_the_switch_continues_exactly(tmp_path):
   short.total_steps = 10
   loop_stop = _stop_after(6)
   with loop_stop:
-    loop.train(short, part)
+    stages.train(short, part)
   summary, (resumed, events) = _run(cfg, part)
   assert summary["steps"] == 10
   assert any(e["event"].startswith("resumed from step 6 (iiet)")
@@ -123,16 +124,16 @@ class _stop_after:
   def __enter__(self):
     import os
     import signal
-    self._write = loop.MetricWriters.write
+    self._write = MetricWriters.write
 
     def write(writer, step, metrics, prefix="train"):
       self._write(writer, step, metrics, prefix=prefix)
       if prefix == "train" and step == self.step:
         os.kill(os.getpid(), signal.SIGTERM)
-    loop.MetricWriters.write = write
+    MetricWriters.write = write
 
   def __exit__(self, *exc):
-    loop.MetricWriters.write = self._write
+    MetricWriters.write = self._write
 
 
 def test_sigterm_checkpoints_and_returns(tmp_path, monkeypatch):
@@ -145,7 +146,7 @@ def test_sigterm_checkpoints_and_returns(tmp_path, monkeypatch):
     monkeypatch.setattr(multihost_utils, name, refuse)
   cfg = run_config(tmp_path / "data", "transformer", total_steps=8)
   with _stop_after(3):
-    summary = loop.train(cfg, tmp_path / "run")
+    summary = stages.train(cfg, tmp_path / "run")
   assert summary["preempted"] and summary["steps"] == 3
   checkpoints = ckpt_lib.Checkpoints(tmp_path / "run" / "checkpoints")
   assert checkpoints.steps() == [2, 3]
@@ -154,7 +155,7 @@ def test_sigterm_checkpoints_and_returns(tmp_path, monkeypatch):
 
 def test_corrupted_latest_checkpoint_falls_back(tmp_path):
   cfg = run_config(tmp_path / "data", "transformer", total_steps=4)
-  loop.train(cfg, tmp_path / "run")
+  stages.train(cfg, tmp_path / "run")
   latest = tmp_path / "run" / "checkpoints" / "4" / "state"
   for path in latest.rglob("*"):
     if path.is_file():
@@ -170,16 +171,16 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path):
 
 def test_workdir_of_another_architecture_is_refused(tmp_path):
   cfg = run_config(tmp_path / "data", "transformer", total_steps=2)
-  loop.train(cfg, tmp_path / "run")
+  stages.train(cfg, tmp_path / "run")
   other = run_config(tmp_path / "data", "iiet", total_steps=2)
   with pytest.raises(ckpt_lib.CheckpointError,
                      match=r"'transformer'.*this config trains \['iiet'\]"):
-    loop.train(other, tmp_path / "run")
+    stages.train(other, tmp_path / "run")
   wider = run_config(tmp_path / "data", "transformer", total_steps=2,
                      d_model=64)
   with pytest.raises(ckpt_lib.CheckpointError,
                      match="d_model: saved 32, config 64"):
-    loop.train(wider, tmp_path / "run")
+    stages.train(wider, tmp_path / "run")
 
 
 def test_restore_onto_a_different_mesh(tmp_path):
@@ -197,7 +198,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
   small = tiny_training_config("iiet", mesh=(2, 2, 1), preset="fsdp")
   other = build_training(small, devices=jax.devices()[:4])
   restored = ckpt_lib.Checkpoints(tmp_path / "ckpt").restore(
-      loop.abstract_state(other), _Sink())
+      other.sharded_state(), _Sink())
   assert restored.step == 1
   got = _leaves(restored.state)
   assert got.keys() == expected.keys()
@@ -213,18 +214,18 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 def test_warm_start_from_another_run(tmp_path):
   cfg = run_config(tmp_path / "data", "transformer", total_steps=2)
-  loop.train(cfg, tmp_path / "teacher")
+  stages.train(cfg, tmp_path / "teacher")
   source = ckpt_lib.Checkpoints(tmp_path / "teacher" / "checkpoints")
-  saved = source.restore(loop.abstract_state(build_training(cfg)),
+  saved = source.restore(build_training(cfg).sharded_state(),
                          _Sink())
   source.close()
   warm = run_config(tmp_path / "data", "iiet", total_steps=2)
   warm.init_from = str(tmp_path / "teacher")
   with pytest.raises(merge_lib.MergeError, match="history/weight is new"):
-    loop.train(warm, tmp_path / "student")
+    stages.train(warm, tmp_path / "student")
   warm.init_allow_new = merge_lib.HISTORY_PARAMS
   training = build_training(warm)
-  from iiet_jax.stages import warm_start
+  from iiet_jax.train import warm_start
   state = warm_start.load_params(training.init_state(0), training, warm)
   got, want = _leaves(state.params), _leaves(saved.state.params)
   for path, value in want.items():

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import reference as ref
+from iiet_jax import stages
 from iiet_jax.models import build_model
-from iiet_jax.stages import merge as merge_lib
 from iiet_jax.stages import pretrain, switch_init
-from iiet_jax.train import loop
+from iiet_jax.train import merge as merge_lib
 from iiet_jax.train.build import build_training
 from training import batches, read_metrics, run_config, tiny_training_config
 
@@ -172,11 +172,11 @@ def test_resume_across_a_fitted_switch_is_exact(tmp_path):
   """The fit peeks the next batches and puts the iterator back."""
   cfg = run_config(tmp_path / "data", "iiet", total_steps=8, switch_at=0.5)
   cfg.switch.norm_init = "fit"
-  full = loop.train(cfg, tmp_path / "full")
+  full = stages.train(cfg, tmp_path / "full")
   straight = read_metrics(tmp_path / "full")[0]
   plain = cfg.copy_and_resolve_references()
   plain.switch.norm_init = "unit"
-  loop.train(plain, tmp_path / "plain")
+  stages.train(plain, tmp_path / "plain")
   # Same batches with or without the peek: the Transformer++ phase agrees.
   unfitted = read_metrics(tmp_path / "plain")[0]
   for step in range(1, 5):
@@ -187,7 +187,7 @@ def test_resume_across_a_fitted_switch_is_exact(tmp_path):
   import shutil
   shutil.copytree(tmp_path / "full" / "checkpoints" / "4",
                   part / "checkpoints" / "4")
-  resumed = loop.train(cfg, part)
+  resumed = stages.train(cfg, part)
   again = read_metrics(part)[0]
   assert resumed["steps"] == full["steps"] == 8
   for step in range(5, 9):

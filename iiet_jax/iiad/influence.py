@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax.models import LanguageModel, ModelConfig, build_model
-from iiet_jax.train.loss import next_token_sums
+from iiet_jax.train import loss as loss_lib
+from iiet_jax.train import step as step_lib
 from iiet_jax.errors import UserError
 
 
@@ -46,10 +47,7 @@ def iteration_states(model: LanguageModel, params, batch) -> jax.Array:
   Layers with fewer iterations repeat their last state (under a scanned
   stack the model does exactly that itself)."""
   cfg = model.config
-  _, state = model.apply({"params": params}, batch["tokens"],
-                         positions_BT=batch.get("positions"),
-                         segment_ids_BT=batch.get("segment_ids"),
-                         mutable=["intermediates"])
+  _, state = loss_lib.forward(model, params, batch, mutable=["intermediates"])
   stack = state["intermediates"]["decoder"]["stack"]
   if cfg.scan_layers:
     layer = stack["layers"]["layer"]
@@ -110,16 +108,8 @@ def _past_r(values: np.ndarray, iterations) -> np.ndarray:
 
 
 def mean_loss(model: LanguageModel, params, batches) -> float:
-  nll = count = 0.0
-  apply = jax.jit(lambda p, b: next_token_sums(
-      model.apply({"params": p}, b["tokens"], positions_BT=b.get("positions"),
-                  segment_ids_BT=b.get("segment_ids")),
-      b["tokens"], b.get("mask"), b.get("segment_ids")))
-  for batch in batches:
-    sums = apply(params, batch)
-    nll += float(sums["nll"])
-    count += float(sums["count"])
-  return nll / max(count, 1.0)
+  sums = jax.jit(lambda p, b: loss_lib.batch_sums(model, p, b))
+  return step_lib.evaluate(sums, params, batches)["loss"]
 
 
 def measure(model: LanguageModel, params, batches: Iterable[dict],

@@ -22,14 +22,16 @@ from typing import Callable
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import selection
+from iiet_jax.overrides import with_model
+from iiet_jax.stages.pretrain import PlanError
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.train.build import Training, build_training
+from iiet_jax.train.loop import Phase
 from iiet_jax.errors import UserError
 
 PHASE = "distill"
@@ -44,14 +46,10 @@ class DistillError(UserError, ValueError):
 def distill_objective(student, teacher, kl_weight: float, temperature: float,
                       z_loss: float = 0.0) -> Callable:
   """objective(params, batch, teacher_params) for `make_train_step`."""
-  def logits(model, params, batch):
-    return model.apply({"params": params}, batch["tokens"],
-                       positions_BT=batch.get("positions"),
-                       segment_ids_BT=batch.get("segment_ids"))
-
   def objective(params, batch, teacher_params):
-    s_BTV = logits(student, params, batch)
-    t_BTV = jax.lax.stop_gradient(logits(teacher, teacher_params, batch))
+    s_BTV = loss_lib.forward(student, params, batch)
+    t_BTV = jax.lax.stop_gradient(
+        loss_lib.forward(teacher, teacher_params, batch))
     sums = loss_lib.next_token_sums(s_BTV, batch["tokens"], batch.get("mask"),
                                     batch.get("segment_ids"))
     weights = loss_lib.target_weights(batch["tokens"], batch.get("mask"),
@@ -76,12 +74,8 @@ class DistillTraining(Training):
     for who, step, params in (("teacher", self.teacher_eval,
                                self.teacher_params),
                               ("student", self.eval_step, state.params)):
-      nll = count = 0.0
-      for batch in batches:
-        sums = step(params, feed(batch))
-        nll += float(sums["nll"])
-        count += float(sums["count"])
-      out[f"{who}_validation_loss"] = nll / max(count, 1.0)
+      out[f"{who}_validation_loss"] = step_lib.evaluate(step, params, batches,
+                                                        feed)["loss"]
     out["student_iterations"] = list(self.model.config.iterations)
     out["teacher_iterations"] = list(self.teacher_iterations)
     return out
@@ -134,10 +128,7 @@ def build(config, batch_keys, loaders, workdir) -> DistillTraining:
                                  remat_policy=config.model.remat_policy)
   base = build_training(with_model(config, teacher_cfg),
                         batch_keys=batch_keys)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      base.abstract_state.params, base.state_shardings.params)
-  teacher_params = ckpt_lib.restore_params(run, abstract)
+  teacher_params = ckpt_lib.restore_params(run, base.sharded_params())
   chosen = _resumed_iterations(workdir)
   if chosen is None:
     batches = loaders.validation[:d.influence_batches]
@@ -172,15 +163,6 @@ def build(config, batch_keys, loaders, workdir) -> DistillTraining:
                          teacher_iterations=teacher_cfg.iterations)
 
 
-def with_model(config, model_cfg):
-  out = config.copy_and_resolve_references()
-  with out.unlocked():
-    # A whole new block: per-layer iterations are a tuple where the
-    # config may hold an int.
-    out.model = ml_collections.ConfigDict(model_cfg.to_dict())
-  return out
-
-
 def _resumed_iterations(workdir) -> dict | None:
   """r_t of an existing student checkpoint in `workdir`, if any."""
   directory = workdir / "checkpoints"
@@ -193,8 +175,9 @@ def _resumed_iterations(workdir) -> dict | None:
   return {"iterations": list(run.model["iterations"]), "resumed": True}
 
 
-def phases(config) -> list:
-  from iiet_jax.stages.pretrain import Phase, PlanError
+def phases(config) -> list[Phase]:
   if config.total_steps < 1:
     raise PlanError(f"total_steps={config.total_steps} must be >= 1.")
-  return [Phase(PHASE, 0, config.total_steps, config, build=build)]
+  return [Phase(PHASE, 0, config.total_steps, config, build=build,
+                report=lambda state, training, batches, feed:
+                training.report(state, batches, feed))]

@@ -15,11 +15,16 @@ function (the default, chosen by measurement in docs/reproduction.md).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+import functools
 
-from iiet_jax.stages import merge as merge_lib
+import jax
+
+from iiet_jax.parallel import multihost
 from iiet_jax.stages import switch_init
+from iiet_jax.train import merge as merge_lib
+from iiet_jax.train import step as step_lib
+from iiet_jax.train.build import Training
+from iiet_jax.train.loop import Phase
 from iiet_jax.errors import UserError
 
 
@@ -27,16 +32,6 @@ class PlanError(UserError, ValueError):
   """A run length / switch point that cannot be scheduled."""
 
   kind = "Config"
-
-
-@dataclasses.dataclass(frozen=True)
-class Phase:
-  name: str      # the architecture trained in this phase
-  start: int     # first step (state.step before it)
-  end: int       # state.step after its last step
-  config: Any    # the run config, with this phase's model
-  # (config, batch_keys, loaders, workdir) -> Training; None: build_training.
-  build: Callable | None = None
 
 
 def phases(config) -> list[Phase]:
@@ -71,7 +66,22 @@ def phases(config) -> list[Phase]:
     second = config.copy_and_resolve_references()
     second.optimizer.history_lr_scale = config.switch.history_lr_scale
   return [Phase("transformer", 0, switch, first),
-          Phase(arch, switch, total, second)]
+          Phase(arch, switch, total, second,
+                enter=functools.partial(_enter, config))]
+
+
+def _enter(config, state, training: Training, previous: Training, loaders):
+  """The loop's `enter` hook of the phase after the switch."""
+  fresh = training.init_state(config.seed + 1)
+  state, report = switch(
+      state, fresh, training.model.config, config.get("switch"),
+      lambda params: _residual_sums(previous, params, loaders, config))
+  init = ""
+  if "history_init" in report:
+    init = (f"; history {report['history_init']}, norms "
+            f"{report['norm_init']}")
+  return state, (f"{report['carried']} parameter tensors carried, "
+                 f"{len(report['new'])} new{init}")
 
 
 def switch(state, fresh, model_config=None, switch_cfg=None,
@@ -98,3 +108,24 @@ def switch(state, fresh, model_config=None, switch_cfg=None,
   new = fresh.replace(step=state.step, params=params, opt_state=opt_state,
                       tokens_hi=state.tokens_hi, tokens_lo=state.tokens_lo)
   return new, report
+
+
+def _residual_sums(previous: Training, params, loaders, config):
+  """Switch-time norm fit: residual-stream sums of the Transformer++ over
+  the next `switch.fit_batches` training batches, peeked (the iterator is
+  put back, so the run's data order is unchanged)."""
+  shardings = step_lib.batch_shardings(loaders.batch_keys, previous.mesh,
+                                       previous.rules)
+  fn = step_lib.ShardedStep(
+      switch_init.sums_fn(previous.model, previous.model.config.ln_eps),
+      previous.mesh, previous.rules,
+      in_shardings=(previous.state_shardings.params, shardings),
+      out_shardings=jax.sharding.NamedSharding(
+          previous.mesh, jax.sharding.PartitionSpec()))
+  position = loaders.train.get_state()
+  batches = [next(loaders.train) for _ in range(config.switch.fit_batches)]
+  loaders.train.set_state(position)
+  return switch_init.accumulate(
+      lambda b: fn(params, multihost.global_batch(b, shardings,
+                                                  config.batch_size)),
+      batches)

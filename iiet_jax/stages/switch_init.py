@@ -42,7 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax.models.layers import layer_norm
-from iiet_jax.stages.merge import leaf_paths
+from iiet_jax.train import loss as loss_lib
+from iiet_jax.train.merge import leaf_paths
 from iiet_jax.errors import UserError
 
 HISTORY_INITS = ("average", "inherit")
@@ -209,10 +210,8 @@ def sums_fn(model, eps: float):
   def fn(params, batch):
     tokens = batch["tokens"]
     h0 = model.apply({"params": params}, tokens, method="embed")
-    _, extra = model.apply({"params": params}, tokens,
-                           positions_BT=batch.get("positions"),
-                           segment_ids_BT=batch.get("segment_ids"),
-                           mutable=["intermediates"])
+    _, extra = loss_lib.forward(model, params, batch,
+                                mutable=["intermediates"])
     states = [h0] + residual_states(extra["intermediates"])
     weights = jnp.ones(tokens.shape, jnp.float32)
     if batch.get("segment_ids") is not None:

@@ -1,10 +1,13 @@
 """The one training loop every stage runs in.
 
-  summary = train(config, workdir)
+  summary = train(config, workdir, plan)
 
-Plans the run's phases (`stages.pretrain`), resumes from the newest readable
-checkpoint in `workdir` (or starts fresh, optionally warm-started), then
-steps through the phases, switching models between them. Around the pure
+`plan` is a list of `Phase`s (data, plus hooks: how to build the phase's
+Training, how to enter it from the phase before, what to report at the end);
+the stages (`iiet_jax.stages`) make plans, the loop knows none of them. It
+resumes from the newest readable checkpoint in `workdir` (or starts fresh,
+optionally warm-started from `config.init_from`), then steps through the
+phases, entering each from the one before. Around the pure
 `train_step` it feeds batches, logs metrics (screen, metrics.jsonl,
 TensorBoard), evaluates every `eval_every` steps, and checkpoints every
 `checkpoint.every` steps, at each phase end and on SIGTERM, after which it
@@ -15,59 +18,54 @@ collective (`parallel/preemption.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from etils import epath
 import jax
-import numpy as np
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
 from iiet_jax.parallel.preemption import Preemption
-from iiet_jax import stages
-from iiet_jax.stages import pretrain
-from iiet_jax.stages import switch_init
-from iiet_jax.stages import warm_start
 from iiet_jax.train import flops
 from iiet_jax.train import profiling
 from iiet_jax.train import step as step_lib
+from iiet_jax.train import warm_start
 from iiet_jax.train.build import Training, build_training
 from iiet_jax.train.writers import MetricWriters
 
 
-def abstract_state(training: Training):
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      training.abstract_state, training.state_shardings)
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  name: str      # saved with its checkpoints; the architecture trained
+  start: int     # first step (state.step before it)
+  end: int       # state.step after its last step
+  config: Any    # the run config, with this phase's model
+  # (config, batch_keys, loaders, workdir) -> Training; None: build_training.
+  build: Callable | None = None
+  # (state of the phase before, this phase's Training, the one before's,
+  # loaders) -> (state, what changed): how a later phase takes over.
+  enter: Callable | None = None
+  # (state, Training, validation batches, feed) -> final metrics (last phase).
+  report: Callable | None = None
 
 
-def evaluate(training: Training, params, batches, feed) -> dict[str, float]:
-  """Mean next-token loss over the validation batches."""
-  nll = count = 0.0
-  for batch in batches:
-    sums = training.eval_step(params, feed(batch))
-    nll += float(sums["nll"])
-    count += float(sums["count"])
-  loss = nll / max(count, 1.0)
-  return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
-
-
-def train(config, workdir: epath.PathLike) -> dict[str, Any]:
-  """Runs (or resumes) the configured run in `workdir`; returns a summary."""
+def train(config, workdir: epath.PathLike, plan: list[Phase]
+          ) -> dict[str, Any]:
+  """Runs (or resumes) `plan` in `workdir`; returns a summary."""
   workdir = epath.Path(workdir)
   if "://" not in str(workdir):  # Orbax needs absolute local paths.
     workdir = epath.Path(os.path.abspath(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
-  plan = stages.plan(config)
   trace = profiling.StepTrace(config, workdir / "tensorboard")
   loaders = make_loaders(config)
   built: dict[str, Training] = {}
 
-  def training_for(phase: pretrain.Phase) -> Training:
+  def training_for(phase: Phase) -> Training:
     if phase.name not in built:
       if phase.build is None:
         built[phase.name] = build_training(phase.config,
@@ -77,7 +75,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
                                         loaders, workdir)
     return built[phase.name]
 
-  def description(phase: pretrain.Phase) -> dict[str, Any]:
+  def description(phase: Phase) -> dict[str, Any]:
     return ckpt_lib.describe(training_for(phase).model.config, phase.name)
 
   def check(step: int, saved: dict[str, Any]):
@@ -89,7 +87,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
           f"new --workdir for this config.")
     phase = plan[names.index(saved["phase"])]
     ckpt_lib.check_compatible(saved, description(phase), str(workdir))
-    return abstract_state(training_for(phase))
+    return training_for(phase).sharded_state()
 
   writers = MetricWriters(str(workdir), config.total_steps,
                           enabled=jax.process_index() == 0,
@@ -99,7 +97,7 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
       keep_best=config.checkpoint.keep_best,
       async_save=config.checkpoint.async_save)
   config_json = json.loads(config.to_json_best_effort())
-  restored = checkpoints.restore(abstract_state(training_for(plan[0])),
+  restored = checkpoints.restore(training_for(plan[0]).sharded_state(),
                                  loaders.train.grain_iterator, check)
   if restored is not None:
     state, phase_name = restored.state, restored.model["phase"]
@@ -135,20 +133,14 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
         continue
       training = training_for(phase)
       if phase.name != phase_name:
-        fresh = training.init_state(config.seed + 1)
-        previous = training_for(plan[index - 1])
-        state, report = pretrain.switch(
-            state, fresh, training.model.config, config.get("switch"),
-            lambda params: _residual_sums(previous, params, loaders,
-                                          config))
+        if phase.enter is None or index == 0:
+          raise ValueError(f"the plan's phase {phase.name!r} follows "
+                           f"{phase_name!r} but has no `enter` hook")
+        state, change = phase.enter(state, training,
+                                    training_for(plan[index - 1]), loaders)
         phase_name = phase.name
-        init = ""
-        if "history_init" in report:
-          init = (f"; history {report['history_init']}, norms "
-                  f"{report['norm_init']}")
         writers.event(step, f"switched to {phase.name} at step {step}: "
-                      f"{report['carried']} parameter tensors carried, "
-                      f"{len(report['new'])} new{init}")
+                      f"{change}")
       shardings = step_lib.batch_shardings(loaders.batch_keys, training.mesh,
                                            training.rules)
       feed = lambda b, s=shardings: multihost.global_batch(
@@ -172,7 +164,8 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
                                                 config))
         evaluated = None
         if step % config.eval_every == 0 or step == config.total_steps:
-          val = evaluate(training, state.params, loaders.validation, feed)
+          val = step_lib.evaluate(training.eval_step, state.params,
+                                  loaders.validation, feed)
           writers.write(step, val, prefix="validation")
           writers.event(step, f"validation loss {val['loss']:.4f}, "
                         f"perplexity {val['perplexity']:.1f}")
@@ -187,10 +180,10 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
                         f"stopping")
           return _finish(config, workdir, step, metrics, val, timer,
                          writers, checkpoints, loaders, preempted=True)
-    report = getattr(training_for(plan[-1]), "report", None)
+    report = plan[-1].report
     extra = {}
     if report is not None and feed is not None:
-      extra = report(state, loaders.validation, feed)
+      extra = report(state, training_for(plan[-1]), loaders.validation, feed)
       writers.write(step, {k: v for k, v in extra.items()
                            if isinstance(v, float)}, prefix="validation")
       writers.event(step, "final: " + ", ".join(
@@ -201,27 +194,6 @@ def train(config, workdir: epath.PathLike) -> dict[str, Any]:
   finally:
     trace.close()
     preemption.close()
-
-
-def _residual_sums(previous: Training, params, loaders, config):
-  """Switch-time norm fit: residual-stream sums of the Transformer++ over
-  the next `switch.fit_batches` training batches, peeked (the iterator is
-  put back, so the run's data order is unchanged)."""
-  shardings = step_lib.batch_shardings(loaders.batch_keys, previous.mesh,
-                                       previous.rules)
-  fn = step_lib.ShardedStep(
-      switch_init.sums_fn(previous.model, previous.model.config.ln_eps),
-      previous.mesh, previous.rules,
-      in_shardings=(previous.state_shardings.params, shardings),
-      out_shardings=jax.sharding.NamedSharding(
-          previous.mesh, jax.sharding.PartitionSpec()))
-  position = loaders.train.get_state()
-  batches = [next(loaders.train) for _ in range(config.switch.fit_batches)]
-  loaders.train.set_state(position)
-  return switch_init.accumulate(
-      lambda b: fn(params, multihost.global_batch(b, shardings,
-                                                  config.batch_size)),
-      batches)
 
 
 def _header(config, plan, training_for, loaders) -> str:

@@ -1,4 +1,6 @@
-"""Next-token cross-entropy and z-loss, computed in float32."""
+"""Next-token cross-entropy and z-loss, computed in float32, and the model's
+forward on a batch (a dict of [B, T] arrays: `tokens`, optionally `mask`,
+`positions`, `segment_ids`)."""
 
 from __future__ import annotations
 
@@ -58,3 +60,17 @@ def next_token_loss(logits_BTV: Array, tokens_BT: Array,
   """Mean next-token cross-entropy and the number of targets it averages."""
   sums = next_token_sums(logits_BTV, tokens_BT, mask_BT, segment_ids_BT)
   return sums["nll"] / jnp.maximum(sums["count"], 1.0), sums["count"]
+
+
+def forward(model, params, batch, **apply_kwargs):
+  """The model on `batch["tokens"]` with the batch's packing; `apply_kwargs`
+  go to `model.apply` (e.g. `mutable=["intermediates"]`)."""
+  return model.apply({"params": params}, batch["tokens"],
+                     positions_BT=batch.get("positions"),
+                     segment_ids_BT=batch.get("segment_ids"), **apply_kwargs)
+
+
+def batch_sums(model, params, batch) -> dict[str, Array]:
+  """`next_token_sums` of the model's forward on `batch`."""
+  return next_token_sums(forward(model, params, batch), batch["tokens"],
+                         batch.get("mask"), batch.get("segment_ids"))

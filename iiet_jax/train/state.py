@@ -66,6 +66,14 @@ def state_shardings(model, tx, seq_len: int, mesh: Mesh, rules):
   return abstract, shardings
 
 
+def with_shardings(abstract, shardings):
+  """`abstract` as ShapeDtypeStructs placed on `shardings`: the target of a
+  restore or the input of an ahead-of-time lowering."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+
+
 def create_sharded_state(model, tx, seq_len: int, rng, mesh: Mesh, rules):
   """Initialises the state shard by shard; returns (state, shardings)."""
   _, shardings = state_shardings(model, tx, seq_len, mesh, rules)

@@ -15,24 +15,17 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from iiet_jax.models.history import HISTORY_PARAMS
 from iiet_jax.parallel import sharding as shd
-from iiet_jax.train.loss import next_token_sums
+from iiet_jax.train.loss import batch_sums
 from iiet_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
 OPTIONAL_INPUTS = ("mask", "positions", "segment_ids")
-
-
-def _sums(model: nn.Module, params, batch: Batch) -> dict[str, jax.Array]:
-  logits_BTV = model.apply({"params": params}, batch["tokens"],
-                           positions_BT=batch.get("positions"),
-                           segment_ids_BT=batch.get("segment_ids"))
-  return next_token_sums(logits_BTV, batch["tokens"], batch.get("mask"),
-                         batch.get("segment_ids"))
 
 
 def _split_micro(batch: Batch, k: int) -> Batch:
@@ -72,7 +65,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   """
 
   def next_token(params, batch):
-    sums = _sums(model, params, batch)
+    sums = batch_sums(model, params, batch)
     return sums["nll"] + z_loss * sums["z"], sums
 
   grad_fn = jax.grad(objective or next_token, has_aux=True)
@@ -123,8 +116,21 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
 def make_eval_step(model: nn.Module) -> Callable:
   """eval_step(params, batch) -> token sums {nll, z, count} to accumulate."""
   def eval_step(params, batch: Batch):
-    return _sums(model, params, batch)
+    return batch_sums(model, params, batch)
   return eval_step
+
+
+def evaluate(eval_step: Callable, params, batches,
+             feed: Callable = lambda batch: batch) -> dict[str, float]:
+  """Mean next-token loss of `eval_step`'s token sums over `batches`, each
+  put through `feed` (e.g. onto the mesh) first."""
+  nll = count = 0.0
+  for batch in batches:
+    sums = eval_step(params, feed(batch))
+    nll += float(sums["nll"])
+    count += float(sums["count"])
+  loss = nll / max(count, 1.0)
+  return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
 
 
 class ShardedStep:

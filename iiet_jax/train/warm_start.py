@@ -10,11 +10,9 @@ and step stay fresh.
 
 from __future__ import annotations
 
-import jax
-
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.models import build_model
-from iiet_jax.stages import merge as merge_lib
+from iiet_jax.train import merge as merge_lib
 from iiet_jax.train import state as state_lib
 
 
@@ -25,9 +23,7 @@ def load_params(state, training, config):
   abstract, shardings = state_lib.state_shardings(
       source_model, training.tx, config.seq_len, training.mesh,
       training.rules)
-  target = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract.params, shardings.params)
+  target = state_lib.with_shardings(abstract.params, shardings.params)
   params, _ = merge_lib.merge(
       ckpt_lib.restore_params(run, target), state.params,
       allow_new=tuple(config.init_allow_new),
