@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from conftest import init_params, random_tokens, rel_err, small_config, with_
+from support import init_params, random_tokens, rel_err, small_config, with_
 from iiet_jax.models import ConfigError, build_model
 from iiet_jax.models.attention import causal_attention, resolve
-from iiet_jax.models.layers import BTNH
+from iiet_jax.models.layers import BTKH, BTNH
 from iiet_jax.parallel.mesh import make_mesh
 from iiet_jax.parallel.sharding import axis_rules, make_rules
 from iiet_jax.train.loss import next_token_sums
@@ -132,6 +132,68 @@ def test_splash_per_shard_on_a_mesh():
   assert out.sharding.spec == P("data", None, "tensor", None)
   assert rel_err(out, expected) < 1e-5
   assert rel_err(grads, expected_grads) < 1e-5
+
+
+def gqa_qkv(kv_heads, seed=0):
+  """4 query heads over `kv_heads` key / value heads."""
+  q, _, _, w = qkv(seed, shape=(B, T, 4, H))
+  _, k, v, _ = qkv(seed + 1, shape=(B, T, kv_heads, H))
+  return q, k, v, w
+
+
+def repeated_xla(q, k, v, segment_ids):
+  """The XLA path on kv heads repeated by hand: query head n reads n // G."""
+  group = q.shape[2] // k.shape[2]
+  rep = lambda x: jnp.repeat(x, group, axis=2)
+  return attend("xla", q, rep(k), rep(v), segment_ids)
+
+
+@pytest.mark.parametrize("kv_heads",
+                         [2, pytest.param(1, marks=pytest.mark.slow)])
+def test_grouped_queries_splash_and_xla_equal_repeated_heads(kv_heads):
+  segment_ids = SEGMENTS["packed"]
+  q, k, v, w = gqa_qkv(kv_heads)
+  want = jax.jit(repeated_xla)(q, k, v, segment_ids)
+  want_grads = jax.jit(jax.grad(lambda *a: jnp.sum(w * repeated_xla(
+      *a, segment_ids)), argnums=(0, 1, 2)))(q, k, v)
+  for impl in ("xla", "splash"):
+    fn = lambda q, k, v, i=impl: attend(i, q, k, v, segment_ids)
+    assert rel_err(jax.jit(fn)(q, k, v), want) < 1e-5, impl
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(w * fn(*a)),
+                             argnums=(0, 1, 2)))(q, k, v)
+    for name, g, g_want in zip("qkv", grads, want_grads):
+      assert g.shape == g_want.shape
+      assert rel_err(g, g_want) < 1e-5, (impl, name)
+
+
+@pytest.mark.parametrize("kv_heads,kv_rule", [
+    pytest.param(2, "tensor", marks=pytest.mark.slow), (1, None)])
+def test_grouped_queries_splash_per_shard(kv_heads, kv_rule):
+  """Heads over tensor=2: 2 kv heads split with their query heads; 1 kv head
+  replicated (rules kv_heads=None), each shard taking the one it reads."""
+  mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 2},
+                   devices=jax.devices()[:4])
+  rules = make_rules("fsdp_tp", {"kv_heads": kv_rule,
+                                 "activation_kv_heads": kv_rule})
+  segment_ids = SEGMENTS["packed"]
+  q, k, v, w = gqa_qkv(kv_heads, seed=2)
+  want = repeated_xla(q, k, v, segment_ids)
+  want_grads = jax.grad(lambda *a: jnp.sum(w * repeated_xla(
+      *a, segment_ids)), argnums=(0, 1, 2))(q, k, v)
+  heads = NamedSharding(mesh, P("data", None, "tensor", None))
+  kv_spec = NamedSharding(mesh, P("data", None, kv_rule, None))
+  q, w = (jax.device_put(x, heads) for x in (q, w))
+  k, v = (jax.device_put(x, kv_spec) for x in (k, v))
+  segment_ids = jax.device_put(segment_ids, NamedSharding(mesh, P("data")))
+  fn = lambda q, k, v: causal_attention(q, k, v, segment_ids, "splash", BTNH,
+                                        BTKH)
+  with jax.set_mesh(mesh), axis_rules(rules):
+    out = jax.jit(fn)(q, k, v)
+    grads = jax.jit(jax.grad(lambda *a: jnp.sum(w * fn(*a)),
+                             argnums=(0, 1, 2)))(q, k, v)
+  assert rel_err(out, want) < 1e-5
+  for name, g, g_want in zip("qkv", grads, want_grads):
+    assert rel_err(g, g_want) < 1e-5, name
 
 
 # Compiles the splash gradient for 4 v5e chips (batch over data, heads over

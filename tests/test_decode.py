@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import apply, init_params, random_tokens, small_config
+from support import apply, init_params, random_tokens, small_config
 from iiet_jax.decode import (GenerateError, decode_step, generate, init_cache,
                              prefill, sample, top_k_filter, top_p_filter)
 from iiet_jax.models import build_model, for_inference
@@ -29,7 +29,14 @@ CASES = {
     "iiet0": dict(arch="iiet", iterations=0),
     "iiet-loop": dict(arch="iiet", iterations=(1, 2, 2),
                       unroll_iterations=False),
+    # Grouped queries: 4 heads over 2 kv heads / 1 kv head; llama3 RoPE.
+    "transformer-gqa2-llama3": dict(arch="transformer", num_kv_heads=2,
+                                    rope_type="llama3",
+                                    rope_original_max_positions=16),
+    "iiet302-gqa1": dict(arch="iiet", iterations=(3, 0, 2), num_kv_heads=1),
+    "pcformer2-gqa2": dict(arch="pcformer", num_kv_heads=2),
 }
+SLOW_CASES = ("pcformer2-gqa2",)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
@@ -64,7 +71,9 @@ def setup(overrides, batch=2, length=12):
   return cfg, build_model(cfg), init_params(cfg, tokens), tokens
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=pytest.mark.slow) if n in SLOW_CASES else n
+    for n in CASES])
 def test_prefill_and_steps_equal_full_forward(name):
   cfg, model, params, tokens = setup(CASES[name])
   full = apply(cfg, params, tokens)
@@ -75,15 +84,16 @@ def test_prefill_and_steps_equal_full_forward(name):
   assert got.shape == full.shape
   assert float(jnp.max(jnp.abs(got - full))) < TOL
   # One slot per block evaluation, each holding its own keys.
-  keys_LEBSNH = np.asarray(cache.kv.key)
+  keys_LEBSKH = np.asarray(cache.kv.key)
   used = cfg.block_evaluations_per_layer()
-  assert keys_LEBSNH.shape[:2] == (cfg.num_layers, max(used))
+  assert keys_LEBSKH.shape == (cfg.num_layers, max(used), 2, 16,
+                               cfg.num_kv_heads, cfg.head_dim)
   for t, n in enumerate(used):
     for e in range(n):
       for f in range(e):
-        assert np.abs(keys_LEBSNH[t, e] - keys_LEBSNH[t, f]).max() > 1e-2
+        assert np.abs(keys_LEBSKH[t, e] - keys_LEBSKH[t, f]).max() > 1e-2
     if not cfg.scan_layers:  # masked iterations under scan write their slots
-      assert not keys_LEBSNH[t, n:].any()
+      assert not keys_LEBSKH[t, n:].any()
 
 
 def test_e_iiet_is_served_unrolled_with_the_same_function():
