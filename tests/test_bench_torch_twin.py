@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import apply, init_params, random_tokens, small_config
+from support import apply, init_params, random_tokens, small_config
 from iiet_jax.train import flops
 from iiet_jax.train.loss import next_token_loss
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import small_config
+from support import small_config
 from iiet_jax.models import ConfigError, ModelConfig, build_model
-from test_param_counts import load_lm_config
+from training import load_lm_config
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import random_tokens, small_config
+from support import random_tokens, small_config
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import stages
 from iiet_jax.iiad import selection
@@ -18,8 +18,8 @@ from iiet_jax.train import loss as loss_lib
 from iiet_jax.train.optimizer import make_optimizer
 from iiet_jax.train.state import TrainState
 from iiet_jax.train.step import make_train_step
-from training import read_metrics, run_config, tiny_training_config
-from test_run import _stop_after
+from training import (read_metrics, run_config, stop_after,
+                      tiny_training_config)
 
 
 def test_one_distill_step_lowers_the_kl_and_leaves_the_teacher_alone():
@@ -83,7 +83,7 @@ def _student(tmp_path, total_steps=4, **distill_kw):
 def test_distill_stage_runs_resumes_and_keeps_its_iterations(tmp_path):
   _teacher(tmp_path)
   cfg = _student(tmp_path, total_steps=6, budget=0.5)
-  with _stop_after(3):
+  with stop_after(3):
     first = stages.train(cfg, tmp_path / "student")
   assert first["preempted"]
   saved = ckpt_lib.saved_run(str(tmp_path / "student"))

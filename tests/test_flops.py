@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from conftest import small_config
+from support import small_config
 from iiet_jax.models import build_model
 from iiet_jax.train import flops
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import init_params, random_tokens, small_config
+from support import init_params, random_tokens, small_config
 from iiet_jax.models import build_model
 from iiet_jax.models.history_scan import _Residuals, history_scan
 from iiet_jax.models.iiet import IIETLayer

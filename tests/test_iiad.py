@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from conftest import random_tokens, small_config
+from support import random_tokens, small_config
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import selection as sel
 from iiet_jax.models import build_model

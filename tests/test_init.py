@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import init_params, random_tokens, small_config
+from support import init_params, random_tokens, small_config
 from iiet_jax.models import build_model
 
 

@@ -1,4 +1,5 @@
-"""Imports point down: no module of iiet_jax imports a higher layer.
+"""Imports point down: no module of iiet_jax imports a higher layer (and no
+test imports conftest.py).
 
 The layers, lowest first (a unit is a top-level module or package of
 iiet_jax; units on one line are peers and import none of each other):
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "iiet_jax"
+TESTS = Path(__file__).resolve().parent
+PACKAGE = TESTS.parent / "iiet_jax"
 
 LAYERS = (
     ("errors",),
@@ -141,3 +143,16 @@ def test_downward_and_own_imports_pass():
   units = imported_units(source, "iiet_jax.train.loop")
   assert units == {"models", "train", "checkpoint"}
   assert violations({"train": units}) == []
+
+
+def test_tests_take_helpers_from_support_modules_not_conftest():
+  """conftest.py is pytest's (set-up, fixtures); helpers live in
+  support.py / training.py, which a test imports like any module."""
+  bad = [f"{path.name}:{node.lineno}"
+         for path in sorted(TESTS.rglob("*.py"))
+         for node in ast.walk(ast.parse(path.read_text()))
+         if isinstance(node, (ast.Import, ast.ImportFrom))
+         and "conftest" in ([a.name for a in node.names]
+                            if isinstance(node, ast.Import)
+                            else [node.module or ""])]
+  assert bad == []

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import init_params, random_tokens, small_config
+from support import init_params, random_tokens, small_config
 from iiet_jax.train.loss import next_token_loss, next_token_sums
 from iiet_jax.train.optimizer import decay_mask, make_optimizer
 from training import tiny_training_config

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from iiet_jax.models import build_model
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "lm.py"
-
-
-def load_lm_config(arg: str):
-  spec = importlib.util.spec_from_file_location("lm_config", CONFIGS)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+from training import load_lm_config
 
 
 def count(model_cfg) -> int:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference
-from conftest import (apply, init_params, rel_err, random_tokens,
+from support import (apply, init_params, rel_err, random_tokens,
                       small_config, with_)
 
 LLAMA3 = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,

@@ -11,8 +11,8 @@ from iiet_jax import stages
 from iiet_jax.stages import pretrain
 from iiet_jax.train import merge as merge_lib
 from iiet_jax.train.build import build_training
-from iiet_jax.train.writers import MetricWriters
-from training import batches, read_metrics, run_config, tiny_training_config
+from training import (batches, read_metrics, run_config, stop_after,
+                      tiny_training_config)
 
 
 def _one_device(cfg):
@@ -104,7 +104,7 @@ def test_resume_after_the_switch_continues_exactly(tmp_path):
   short = cfg.copy_and_resolve_references()
   part = tmp_path / "part"
   short.total_steps = 10
-  loop_stop = _stop_after(6)
+  loop_stop = stop_after(6)
   with loop_stop:
     stages.train(short, part)
   summary, (resumed, events) = _run(cfg, part)
@@ -113,27 +113,6 @@ def test_resume_after_the_switch_continues_exactly(tmp_path):
              for e in events)
   for step in range(1, 11):
     assert resumed[step][-1] == full[step][-1], step  # bit-identical
-
-
-class _stop_after:
-  """Sends this process SIGTERM once `step` has been trained."""
-
-  def __init__(self, step: int):
-    self.step = step
-
-  def __enter__(self):
-    import os
-    import signal
-    self._write = MetricWriters.write
-
-    def write(writer, step, metrics, prefix="train"):
-      self._write(writer, step, metrics, prefix=prefix)
-      if prefix == "train" and step == self.step:
-        os.kill(os.getpid(), signal.SIGTERM)
-    MetricWriters.write = write
-
-  def __exit__(self, *exc):
-    MetricWriters.write = self._write
 
 
 def test_sigterm_checkpoints_and_returns(tmp_path, monkeypatch):
@@ -145,7 +124,7 @@ def test_sigterm_checkpoints_and_returns(tmp_path, monkeypatch):
                "reached_preemption_sync_point"):
     monkeypatch.setattr(multihost_utils, name, refuse)
   cfg = run_config(tmp_path / "data", "transformer", total_steps=8)
-  with _stop_after(3):
+  with stop_after(3):
     summary = stages.train(cfg, tmp_path / "run")
   assert summary["preempted"] and summary["steps"] == 3
   checkpoints = ckpt_lib.Checkpoints(tmp_path / "run" / "checkpoints")

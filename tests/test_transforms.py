@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (apply, init_params, random_tokens, rel_err, small_config,
+from support import (apply, init_params, random_tokens, rel_err, small_config,
                       stack_layers, with_)
 from iiet_jax.models import LanguageModel, build_model
 from iiet_jax.train.loss import next_token_loss

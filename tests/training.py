@@ -1,4 +1,5 @@
-"""Small training configs shared by the sharding, step and multi-host tests."""
+"""Training helpers shared by the tests: small run configs, batches, the
+metrics a run wrote, a SIGTERM after a chosen step."""
 
 from __future__ import annotations
 
@@ -97,3 +98,26 @@ def read_metrics(workdir: Path) -> tuple[dict[int, list[float]], list[dict]]:
     elif record.get("split") == "train":
       losses.setdefault(record["step"], []).append(record["loss"])
   return losses, events
+
+
+class stop_after:
+  """Sends this process SIGTERM once `step` has been trained."""
+
+  def __init__(self, step: int):
+    self.step = step
+
+  def __enter__(self):
+    import os
+    import signal
+    from iiet_jax.train.writers import MetricWriters
+    self._write = MetricWriters.write
+
+    def write(writer, step, metrics, prefix="train"):
+      self._write(writer, step, metrics, prefix=prefix)
+      if prefix == "train" and step == self.step:
+        os.kill(os.getpid(), signal.SIGTERM)
+    MetricWriters.write = write
+
+  def __exit__(self, *exc):
+    from iiet_jax.train.writers import MetricWriters
+    MetricWriters.write = self._write
