@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import apply, init_params, random_tokens, small_config
+from support import apply, init_params, random_tokens, small_config
 from iiet_jax import pytorch
 from iiet_jax.export import names, tensor_file
 
