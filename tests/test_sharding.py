@@ -111,6 +111,56 @@ def test_step_on_mesh_equals_single_device(arch, mesh, preset):
       jax.device_get(state_n.params))
 
 
+GQA_LAYOUTS = [
+    (2, {}, P(None, "fsdp", "tensor", None)),
+    # Fewer kv heads than the tensor axis: replicated over it (Megatron).
+    (1, {"kv_heads": None, "activation_kv_heads": None},
+     P(None, "fsdp", None, None))]
+
+
+def gqa_config(kv_heads, rules, mesh=(2, 2, 2), preset="fsdp_tp"):
+  cfg = tiny_training_config("iiet", mesh=mesh, preset=preset,
+                             num_kv_heads=kv_heads)
+  cfg.sharding.rules.update(rules)
+  return cfg
+
+
+@pytest.mark.parametrize("kv_heads,rules,kv_spec", [
+    GQA_LAYOUTS[0], pytest.param(*GQA_LAYOUTS[1], marks=pytest.mark.slow)])
+def test_grouped_query_kv_projections_follow_the_rules(kv_heads, rules,
+                                                       kv_spec):
+  state = build_training(gqa_config(kv_heads, rules)).init_state(0)
+  attention = state.params["decoder"]["stack"]["layers"]["layer"][
+      "block"]["attention"]
+  assert attention["query"].sharding.spec == P(None, "fsdp", "tensor", None)
+  for name in ("key", "value"):
+    assert attention[name].shape == (2, 32, kv_heads, 8)
+    assert attention[name].sharding.spec == kv_spec, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kv_heads,rules,kv_spec", GQA_LAYOUTS)
+def test_grouped_query_step_on_mesh_equals_single_device(kv_heads, rules,
+                                                         kv_spec):
+  del kv_spec
+  _, _, state_n, hist_n = run(gqa_config(kv_heads, rules), steps=2)
+  _, _, state_1, hist_1 = run(gqa_config(kv_heads, {}, (1, 1, 1), "dp"),
+                              steps=2, devices=jax.devices()[:1])
+  for m1, mn in zip(hist_1, hist_n):
+    np.testing.assert_allclose(mn["loss"], m1["loss"], rtol=2e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=2e-5, atol=2e-6), jax.device_get(state_1.params),
+      jax.device_get(state_n.params))
+
+
+def test_kv_heads_that_do_not_split_name_the_key_projection():
+  cfg = tiny_training_config("transformer", mesh=(1, 4, 2), preset="fsdp_tp",
+                             num_kv_heads=1)
+  with pytest.raises(ShardingError, match=r"\['attention'\]\['key'\] has "
+                     r"shape .*dimension 1 is split over mesh axes tensor"):
+    build_training(cfg)
+
+
 def test_gradient_accumulation_equals_full_batch():
   full = tiny_training_config("iiet", mesh=(4, 1, 1))
   accum = tiny_training_config("iiet", mesh=(4, 1, 1))
