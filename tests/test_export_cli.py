@@ -57,14 +57,15 @@ def test_export_folder_loads_and_scores_like_jax(run_dir, tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   assert sorted(p.name for p in out.iterdir()) == sorted([
       "config.json", "generation_config.json", "model.safetensors",
-      "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-      "configuration_iiet.py", "modeling_iiet.py", "tokenization_iiet.py",
+      "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+      "special_tokens_map.json", "configuration_iiet.py", "modeling_iiet.py",
       "iiet_export.json"])
   assert json.loads((out / "iiet_export.json").read_text())["step"] == 2
   assert json.loads((out / "config.json").read_text())["iterations"] == \
       [2, 2, 2, 2]
 
-  tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+  # The tokenizer is no remote code, even in an IIET folder.
+  tok = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
   sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
   for text in ("def f(x):\n\treturn x  # ünï 😀\n", "<s> is text", "  a"):
     assert tok(text)["input_ids"] == [1] + sp.encode(text)
@@ -130,8 +131,9 @@ def test_import_of_an_export_is_the_identity(run_dir, tmp_path):
   assert res.returncode == 0, res.stderr[-3000:]
   assert (first / "model.safetensors").read_bytes() == \
       (tmp_path / "second" / "model.safetensors").read_bytes()
-  assert (first / "tokenizer.model").read_bytes() == \
-      (tmp_path / "second" / "tokenizer.model").read_bytes()
+  for name in ("tokenizer.model", "tokenizer.json"):
+    assert (first / name).read_bytes() == \
+        (tmp_path / "second" / name).read_bytes()
   res = _run(MAIN + ["import", f"--hf={first}", f"--workdir={tmp_path}/new"])
   assert res.returncode != 0 and "not empty" in res.stderr
   res = _run(MAIN + ["import", f"--hf={tmp_path}", f"--workdir={tmp_path}/z"])
@@ -144,7 +146,7 @@ def test_lm_eval_harness_matches_our_loglikelihoods(run_dir, tmp_path):
   # Greedy decoding: PyTorch recomputing every step == our KV-cached decoder.
   from transformers import AutoModelForCausalLM, AutoTokenizer
   model = AutoModelForCausalLM.from_pretrained(out, trust_remote_code=True)
-  tok = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+  tok = AutoTokenizer.from_pretrained(out, trust_remote_code=False)
   ids = model.generate(**tok("def main(", return_tensors="pt"),
                        max_new_tokens=12, do_sample=False)
   res = _run(MAIN + ["generate", f"--workdir={run_dir}/run",
@@ -188,7 +190,7 @@ def test_import_of_a_stock_llama_checkpoint(tmp_path):
   res = _run(MAIN + ["import", f"--hf={tmp_path}/llama",
                      f"--workdir={tmp_path}/ours"])
   assert res.returncode == 0, res.stderr[-3000:]
-  assert "has no SentencePiece tokenizer.model" in res.stdout
+  assert "has no tokenizer.model or tokenizer.json" in res.stdout
   ids = np.random.default_rng(1).integers(0, 97, (2, 100))
   np.save(tmp_path / "ids.npy", ids)
   res = _run(MAIN + ["score", f"--workdir={tmp_path}/ours",

@@ -37,11 +37,11 @@ EDGES = [
 SPECIAL_TEXT = "<s> and </s> are text here, <pad> and <unk> too"
 
 
-def _texts() -> list[str]:
+def sample_texts() -> list[str]:
   return [(STDLIB / n).read_text(encoding="utf-8") for n in _HELD_OUT] + EDGES
 
 
-def _corpus() -> list[str]:
+def corpus_texts() -> list[str]:
   return [(STDLIB / n).read_text(encoding="utf-8") for n in _TRAIN]
 
 
@@ -49,7 +49,8 @@ def _corpus() -> list[str]:
 def ours(tmp_path_factory):
   """Our trained SentencePiece tokenizer and an export's tokenizer files."""
   root = tmp_path_factory.mktemp("fast")
-  tokenizer = tok_lib.train_tokenizer(_corpus(), VOCAB, root / "spm.model")
+  tokenizer = tok_lib.train_tokenizer(corpus_texts(), VOCAB,
+                                      root / "spm.model")
   hf_tokenizer.write(root, tokenizer, max_len=128)
   return tokenizer, root
 
@@ -70,7 +71,7 @@ def test_converted_ids_equal_sentencepiece(ours):
   sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
   fast = Tokenizer.from_file(str(folder / "tokenizer.json"))
   bytes_seen = 0
-  for text in _texts():
+  for text in sample_texts():
     want = sp.encode(text)
     assert tokenizer.encode(text) == want
     assert fast.encode(text, add_special_tokens=False).ids == want, text[:80]
@@ -101,7 +102,7 @@ def test_auto_tokenizer_needs_no_remote_code(ours):
   assert type(auto).__module__.startswith("transformers.")
   assert (auto.pad_token_id, auto.bos_token_id, auto.eos_token_id,
           auto.unk_token_id) == (0, 1, 2, 3)
-  for text in _texts() + [SPECIAL_TEXT]:
+  for text in sample_texts() + [SPECIAL_TEXT]:
     ids = auto(text)["input_ids"]
     assert ids == [1] + tokenizer.encode(text), text[:80]
     assert auto.decode(ids, skip_special_tokens=True) == text
@@ -111,7 +112,8 @@ def test_llama2_style_model_converts(tmp_path):
   """A dummy-prefix model, as Llama-2's tokenizer.model is."""
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter("".join(_corpus()).splitlines(keepends=True)),
+      sentence_iterator=iter(
+          "".join(corpus_texts()).splitlines(keepends=True)),
       model_writer=model, model_type="bpe", vocab_size=VOCAB,
       byte_fallback=True, add_dummy_prefix=True, split_digits=True,
       normalization_rule_name="identity", remove_extra_whitespaces=False,
@@ -120,7 +122,7 @@ def test_llama2_style_model_converts(tmp_path):
   tokenizer = tok_lib.Tokenizer(model.getvalue())
   assert "pad_token" not in tokenizer.special_pieces()
   fast = fast_tokenizer.from_sentencepiece(model.getvalue())
-  for text in _texts():
+  for text in sample_texts():
     want = sp.encode(text)
     assert fast.encode(text, add_special_tokens=False).ids == want, text[:80]
     assert fast.decode(want) == sp.decode(want)
@@ -129,8 +131,8 @@ def test_llama2_style_model_converts(tmp_path):
 def test_unconvertible_models_are_refused(tmp_path):
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(_corpus()[0].splitlines()), model_writer=model,
-      model_type="unigram", vocab_size=200, minloglevel=2)
+      sentence_iterator=iter(corpus_texts()[0].splitlines()),
+      model_writer=model, model_type="unigram", vocab_size=200, minloglevel=2)
   with pytest.raises(tok_lib.TokenizerError,
                      match=r"m\.model is not a BPE model"):
     fast_tokenizer.from_sentencepiece(model.getvalue(), "m.model")
@@ -144,7 +146,7 @@ def test_json_backend_has_our_interface(ours):
   assert (loaded.pad_id, loaded.bos_id, loaded.eos_id) == (0, 1, 2)
   assert loaded.special_pieces() == tokenizer.special_pieces()
   clone = pickle.loads(pickle.dumps(loaded))
-  for text in _texts()[-len(EDGES):] + [SPECIAL_TEXT]:
+  for text in sample_texts()[-len(EDGES):] + [SPECIAL_TEXT]:
     assert loaded.encode(text) == tokenizer.encode(text)
     assert clone.encode(text) == tokenizer.encode(text)
     assert loaded.decode([1, *tokenizer.encode(text), 2]) == text

@@ -150,10 +150,11 @@ def import_hf(F) -> None:
                                 F.overwrite)
   print(f"imported   {hf} -> {out} (step 0); continue training with "
         f"--config.init_from={out}")
-  if not (out / "tokenizer.model").is_file():
-    print(f"warning    {hf} has no SentencePiece tokenizer.model: runs from "
-          f"{out} tokenise with their own config.data.tokenizer (set it to "
-          f"the model's tokenizer, or use data.source=tokens).")
+  if not any((out / n).is_file() for n in ("tokenizer.model",
+                                           "tokenizer.json")):
+    print(f"warning    {hf} has no tokenizer.model or tokenizer.json: runs "
+          f"from {out} tokenise with their own config.data.tokenizer (set it "
+          f"to the model's tokenizer, or use data.source=tokens).")
   logs.attach(str(out))
 
 

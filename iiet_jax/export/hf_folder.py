@@ -1,10 +1,11 @@
 """`iiet export` and `iiet import`: a checkpoint <-> a Hugging Face folder.
 
 An export folder holds config.json, generation_config.json,
-model.safetensors (SPEC.md section 6 names), the run's SentencePiece model
-with its tokenizer config, our PyTorch code for IIET / PCformer
-(iiet_jax/pytorch, reached through `auto_map`) and iiet_export.json (where it
-came from). Transformer++ folders load into stock `LlamaForCausalLM`.
+model.safetensors (SPEC.md section 6 names), the run's tokenizer as
+tokenizer.json (+ its SentencePiece tokenizer.model; hf_tokenizer.py), our
+PyTorch model code for IIET / PCformer (iiet_jax/pytorch, reached through
+`auto_map`) and iiet_export.json (where it came from). Transformer++ folders
+are stock Llama folders: no remote code at all.
 
 Import reads such a folder (ours or any Llama-layout one with these names)
 into a parameters-only Orbax checkpoint, which `iiet train
@@ -28,7 +29,7 @@ import numpy as np
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import pytorch
-from iiet_jax.export import names, tensor_file
+from iiet_jax.export import hf_tokenizer, names, tensor_file
 from iiet_jax.export.names import ExportError
 from iiet_jax.models import ModelConfig
 
@@ -61,17 +62,8 @@ def _publish(stage: Path, out: Path) -> None:
 
 
 def tokenizer_files(folder: Path, tokenizer, max_len: int) -> None:
-  (folder / "tokenizer.model").write_bytes(tokenizer.model_proto)
-  special = tokenizer.special_pieces()
-  _json(folder / "tokenizer_config.json", {
-      "tokenizer_class": "IIETTokenizer",
-      "auto_map": {"AutoTokenizer": ["tokenization_iiet.IIETTokenizer",
-                                     None]},
-      "add_bos_token": True, "add_eos_token": False,
-      "model_max_length": max_len, "clean_up_tokenization_spaces": False,
-      "split_special_tokens": True,
-      **special})
-  _json(folder / "special_tokens_map.json", special)
+  """tokenizer.json (+ tokenizer.model) and its configs: hf_tokenizer.py."""
+  hf_tokenizer.write(folder, tokenizer, max_len)
 
 
 def _json(path: Path, value) -> None:
@@ -106,7 +98,7 @@ def export(workdir: str, out: str, step: int | None = None,
         "use_cache": cfg.arch == "transformer"})
     tokenizer_files(stage, tokenizer, cfg.max_seq_len)
     for name in pytorch.SHIPPED_FILES:
-      if cfg.arch != "transformer" or name.startswith("tokenization"):
+      if cfg.arch != "transformer":
         shutil.copyfile(PYTORCH_DIR / name, stage / name)
     _json(stage / "iiet_export.json", {
         "workdir": str(Path(workdir).absolute()), "step": opened.run.step,
@@ -152,10 +144,10 @@ def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
   _check_out(out_dir, overwrite)
   stage = _staged(out_dir)
   try:
-    if (src / "tokenizer.model").is_file():
-      shutil.copyfile(src / "tokenizer.model", stage / "tokenizer.model")
+    carried = hf_tokenizer.carry(src, stage, out_dir)
+    if carried:
       with config.unlocked():
-        config.data.tokenizer = str(out_dir / "tokenizer.model")
+        config.data.tokenizer = carried
     ckpt_lib.save_params(stage / "checkpoints", 0, params, config.to_dict(),
                          ckpt_lib.describe(cfg, cfg.arch))
     _publish(stage, out_dir)
