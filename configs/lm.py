@@ -179,8 +179,9 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
       data_dir="~/.cache/iiet_jax/tfds",  # prepared datasets live here
       validation_fraction=0.01,  # files / stdlib: share of documents held out
       max_files=ml_collections.config_dict.placeholder(int),
-      # A SentencePiece .model; empty trains one with model.vocab_size pieces
-      # on up to tokenizer_sample_chars of the train split, cached.
+      # A SentencePiece .model or a tokenizer.json; empty trains a .model
+      # of model.vocab_size pieces on up to tokenizer_sample_chars of the
+      # train split, cached.
       tokenizer="",
       tokenizer_sample_chars=4_000_000 if tiny else 200_000_000,
       packing="first_fit",      # first_fit (segment ids) | concat
