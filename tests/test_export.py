@@ -41,8 +41,8 @@ CASES = {
 def write_folder(folder: Path, cfg, params) -> None:
   """What `iiet export` writes, minus the tokenizer."""
   folder.mkdir(parents=True, exist_ok=True)
-  tensor_file.write(folder / "model.safetensors",
-                    names.to_hf(jax.device_get(params), cfg))
+  tensor_file.save(folder, names.to_hf(jax.device_get(params), cfg),
+                   np.float32)
   (folder / "config.json").write_text(json.dumps(names.hf_config(cfg)))
   for name in pytorch.SHIPPED_FILES:
     shutil.copyfile(PYTORCH_DIR / name, folder / name)
@@ -152,21 +152,24 @@ def test_from_hf_names_what_does_not_match():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, "bfloat16"])
-def test_tensor_file_agrees_with_the_safetensors_library(dtype, tmp_path):
+def test_tensor_file_agrees_with_pytorch_safetensors(dtype, tmp_path):
   from safetensors.torch import load_file, save_file
   import ml_dtypes
   dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
   arrays = {"b.weight": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
             "a": np.array([1.5, -2.25], np.float32)}
   arrays = {k: v.astype(dt) for k, v in arrays.items()}
-  tensor_file.write(tmp_path / "ours.safetensors", arrays)
-  loaded = load_file(tmp_path / "ours.safetensors")
+  (tmp_path / "ours").mkdir()
+  tensor_file.save(tmp_path / "ours", arrays, dt)
+  loaded = load_file(tmp_path / "ours" / tensor_file.SINGLE)
   for k, v in arrays.items():
     np.testing.assert_array_equal(loaded[k].float().numpy(),
                                   v.astype(np.float32))
+  (tmp_path / "theirs").mkdir()
   save_file({k: v.clone() for k, v in loaded.items()},
-            tmp_path / "theirs.safetensors")
-  back = tensor_file.read(tmp_path / "theirs.safetensors")
+            tmp_path / "theirs" / tensor_file.SINGLE)
+  folder = tensor_file.Folder(tmp_path / "theirs")
+  back = {k: folder.get(k) for k in folder.shapes}
   for k, v in arrays.items():
     assert back[k].dtype == v.dtype
     np.testing.assert_array_equal(back[k].astype(np.float32),

@@ -114,7 +114,7 @@ def test_failed_export_writes_nothing(run_dir, tmp_path, monkeypatch):
 
   def broken(*args, **kwargs):
     raise OSError("disk full")
-  monkeypatch.setattr(tensor_file, "write", broken)
+  monkeypatch.setattr(tensor_file, "save", broken)
   with pytest.raises(OSError, match="disk full"):
     hf_folder.export(f"{run_dir}/run", str(tmp_path / "out"))
   assert list(tmp_path.iterdir()) == []

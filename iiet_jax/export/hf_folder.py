@@ -1,7 +1,8 @@
 """`iiet export` and `iiet import`: a checkpoint <-> a Hugging Face folder.
 
 An export folder holds config.json, generation_config.json,
-model.safetensors (SPEC.md section 6 names), the run's tokenizer as
+model.safetensors (SPEC.md section 6 names; above `--max_shard_size`,
+shards with their index: tensor_file.py), the run's tokenizer as
 tokenizer.json (+ its SentencePiece tokenizer.model; hf_tokenizer.py), our
 PyTorch model code for IIET / PCformer (iiet_jax/pytorch, reached through
 `auto_map`) and iiet_export.json (where it came from). Transformer++ folders
@@ -71,12 +72,18 @@ def _json(path: Path, value) -> None:
 
 
 def export(workdir: str, out: str, step: int | None = None,
-           dtype: str = "float32", overwrite: bool = False) -> Path:
-  """Writes the HF folder of `workdir`'s checkpoint `step` (newest)."""
+           dtype: str = "float32", overwrite: bool = False,
+           max_shard_size: int | str | None = None) -> Path:
+  """Writes the HF folder of `workdir`'s checkpoint `step` (newest), in
+  shards of at most `max_shard_size` bytes (e.g. "500MB"; default
+  tensor_file.MAX_SHARD_SIZE) when larger."""
   from iiet_jax.runs import open_run, run_tokenizer
   if dtype not in DTYPES:
     raise ExportError(f"--dtype={dtype!r}; choose one of "
                       f"{', '.join(DTYPES)}.")
+  if max_shard_size is None:
+    max_shard_size = tensor_file.MAX_SHARD_SIZE
+  tensor_file.parse_size(max_shard_size)  # a bad value fails before reading
   out_dir = Path(out).absolute()
   _check_out(out_dir, overwrite)
   opened = open_run(workdir, step=step)
@@ -86,10 +93,9 @@ def export(workdir: str, out: str, step: int | None = None,
     raise ExportError(f"The tokenizer has {tokenizer.vocab_size} pieces but "
                       f"the model only {cfg.vocab_size} embeddings.")
   tensors = names.to_hf(jax.device_get(opened.params), cfg)
-  tensors = {k: v.astype(DTYPES[dtype]) for k, v in tensors.items()}
   stage = _staged(out_dir)
   try:
-    tensor_file.write(stage / "model.safetensors", tensors)
+    tensor_file.save(stage, tensors, DTYPES[dtype], max_shard_size)
     _json(stage / "config.json", names.hf_config(
         cfg, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, dtype))
     _json(stage / "generation_config.json", {
@@ -123,13 +129,14 @@ def _base_config(config_spec: str | None, arch: str
 
 def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
                   overwrite: bool = False) -> Path:
-  """Writes `workdir`/checkpoints/0 from the HF folder `hf_dir`."""
+  """Writes `workdir`/checkpoints/0 from the HF folder `hf_dir` (one
+  model.safetensors or shards with their index), tensor by tensor."""
   src = Path(hf_dir)
-  for name in ("config.json", "model.safetensors"):
-    if not (src / name).is_file():
-      raise ExportError(f"--hf={hf_dir} has no {name}; give a folder "
-                        f"written by `iiet export` or save_pretrained.")
-  from iiet_jax.stages.distill import with_model
+  if not (src / "config.json").is_file():
+    raise ExportError(f"--hf={hf_dir} has no config.json; give a folder "
+                      f"written by `iiet export` or save_pretrained.")
+  folder = tensor_file.Folder(src)  # every header checked, no data read
+  from iiet_jax.overrides import with_model
   fields = names.model_config(json.loads((src / "config.json").read_text()))
   config = _base_config(config_spec, fields["arch"])
   cfg = ModelConfig.from_dict({**config.model.to_dict(), **fields})
@@ -137,11 +144,13 @@ def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
   with config.unlocked():
     config.switch_at = 0.0
     config.variant = f"imported from {src.absolute()}"
-  params = names.from_hf(tensor_file.read(src / "model.safetensors"), cfg)
-  params = jax.tree.map(lambda a: a.astype(cfg.weight_dtype), params)
-
   out_dir = Path(workdir).absolute()
   _check_out(out_dir, overwrite)
+  # Names and shapes are checked before anything is read or created; each
+  # tensor goes straight into the sharding training gives it.
+  from iiet_jax.train.build import build_training
+  params = names.from_hf(folder, cfg,
+                         build_training(config).sharded_params())
   stage = _staged(out_dir)
   try:
     carried = hf_tokenizer.carry(src, stage, out_dir)

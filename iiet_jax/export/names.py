@@ -2,25 +2,30 @@
 
 `to_hf` turns the Flax parameters (layers scanned on a leading axis or
 unrolled as `layers_{i}`) into a flat {name: array} with PyTorch's [out, in]
-Linear layout; `from_hf` is its inverse for a given ModelConfig. `hf_config`
+Linear layout; `from_hf` is its inverse for a given ModelConfig, reading
+tensors lazily and placing them into their shardings. `hf_config`
 and `model_config` do the same for config.json. RoPE needs no permutation:
 both sides use the rotate-half layout (models/layers.py `apply_rope`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iiet_jax.export.lazy import Arrays, TensorSource, host, placed
 from iiet_jax.models import ModelConfig, build_model
+from iiet_jax.models.config import ROPE_TYPES
 from iiet_jax.errors import UserError
 
 # Per layer: (HF name under model.layers.{i}. or model.history., our path
-# under the layer core, our -> HF, HF -> ours given (D, N, H, F)).
+# under the layer core, our -> HF, HF -> ours given (D, N, H, F)). k_proj /
+# v_proj are [K * H, D] for K kv heads (grouped queries): HF -> ours reads K
+# off the tensor, whose shape is checked against the config before.
 _T = lambda a: a.T
 LAYER = [
     ("self_attn.q_proj.weight", ("block", "attention", "query"),
@@ -28,10 +33,10 @@ LAYER = [
      lambda a, D, N, H, F: a.T.reshape(D, N, H)),
     ("self_attn.k_proj.weight", ("block", "attention", "key"),
      lambda a: a.reshape(a.shape[0], -1).T,
-     lambda a, D, N, H, F: a.T.reshape(D, N, H)),
+     lambda a, D, N, H, F: a.T.reshape(D, -1, H)),
     ("self_attn.v_proj.weight", ("block", "attention", "value"),
      lambda a: a.reshape(a.shape[0], -1).T,
-     lambda a, D, N, H, F: a.T.reshape(D, N, H)),
+     lambda a, D, N, H, F: a.T.reshape(D, -1, H)),
     ("self_attn.o_proj.weight", ("block", "attention", "out"),
      lambda a: a.reshape(-1, a.shape[-1]).T,
      lambda a, D, N, H, F: a.T.reshape(N, H, D)),
@@ -83,6 +88,12 @@ def _layer_getter(flat, cfg: ModelConfig) -> Callable[[int, tuple], Any]:
 
 def to_hf(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
   """Flax parameters (any float dtype, on host) -> HF state dict."""
+  views = _hf_views(params, cfg)
+  return {k: np.ascontiguousarray(v) for k, v in views.items()}
+
+
+def _hf_views(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
+  """to_hf's names and layouts, as views of the parameters where possible."""
   flat = {k: np.asarray(v) for k, v in _flatten(dict(params)).items()}
   layer = _layer_getter(flat, cfg)
   out = {"model.embed_tokens.weight": flat[("embedding",)],
@@ -104,7 +115,7 @@ def to_hf(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
     for j in range(cfg.pc_order):
       out[f"model.RK_norm.{j}.weight"] = flat[("decoder", "rk_scale")][j]
       out[f"model.RK_norm.{j}.bias"] = flat[("decoder", "rk_bias")][j]
-  return {k: np.ascontiguousarray(v) for k, v in out.items()}
+  return out
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -113,62 +124,98 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
       lambda: build_model(cfg).init(jax.random.key(0),
                                     jnp.zeros((1, 1), jnp.int32)))
   params = nn.unbox(abstract)["params"]
-  shapes = to_hf(jax.tree.map(lambda a: np.zeros(a.shape, np.int8), params),
-                 cfg)
-  return {k: tuple(v.shape) for k, v in shapes.items()}
+  # Zero-stride views: the layout transforms run without allocating.
+  views = _hf_views(jax.tree.map(
+      lambda a: np.broadcast_to(np.int8(0), a.shape), params), cfg)
+  return {k: tuple(v.shape) for k, v in views.items()}
 
 
-def from_hf(tensors: dict[str, np.ndarray], cfg: ModelConfig) -> dict:
-  """HF state dict -> Flax parameters (float32) laid out for `cfg`."""
-  want = expected_shapes(cfg)
-  have = {k for k in tensors if not (k == "lm_head.weight" and
-                                     cfg.tie_embeddings)}
+def _check_names(source: TensorSource, cfg: ModelConfig) -> None:
+  want, shapes = expected_shapes(cfg), source.shapes
+  have = {k for k in shapes if not (k == "lm_head.weight" and
+                                    cfg.tie_embeddings)}
   missing, extra = sorted(set(want) - have), sorted(have - set(want))
-  bad = [f"{k}: {tuple(tensors[k].shape)} != {want[k]}" for k in want
-         if k in tensors and tuple(tensors[k].shape) != want[k]]
+  bad = [f"{k} in {source.where(k)}: {shapes[k]} != {want[k]}" for k in want
+         if k in shapes and tuple(shapes[k]) != want[k]]
   if missing or extra or bad:
     raise ExportError(
-        "model.safetensors does not match config.json: " + "; ".join(
+        "The checkpoint's tensors do not match config.json: " + "; ".join(
             part for part in (
                 missing and f"missing {missing[:6]}"
                 f"{'...' if len(missing) > 6 else ''}",
                 extra and f"unexpected {extra[:6]}"
                 f"{'...' if len(extra) > 6 else ''}",
                 bad and f"shapes {bad[:6]}") if part))
-  t = {k: np.asarray(v, np.float32) for k, v in tensors.items()}
+
+
+# A leaf to read (iiet_jax/export/lazy.py): readers of its parts, stacked?
+_Leaf = tuple[list[Callable[[], np.ndarray]], bool]
+
+
+def _plan(source: TensorSource, cfg: ModelConfig) -> dict[tuple, _Leaf]:
   D, N, F = cfg.d_model, cfg.num_heads, cfg.d_ff
   H = cfg.head_dim
-  flat = {("embedding",): t["model.embed_tokens.weight"],
-          ("final_norm", "scale"): t["model.norm.weight"]}
+
+  def read(name, fn=lambda a: a):
+    return lambda: fn(source.get(name))
+
+  flat = {("embedding",): ([read("model.embed_tokens.weight")], False),
+          ("final_norm", "scale"): ([read("model.norm.weight")], False)}
   if not cfg.tie_embeddings:
-    flat[("head",)] = t["lm_head.weight"].T
+    flat[("head",)] = ([read("lm_head.weight", _T)], False)
   per_layer: dict[tuple, list] = {}
   for i in range(cfg.num_layers):
     for hf, path, _, inv in LAYER:
-      per_layer.setdefault(path, []).append(
-          inv(t[f"model.layers.{i}.{hf}"], D, N, H, F))
+      per_layer.setdefault(path, []).append(read(
+          f"model.layers.{i}.{hf}", lambda a, inv=inv: inv(a, D, N, H, F)))
     if cfg.arch != "transformer":
       for hf, ours in HISTORY_NORMS:
         per_layer.setdefault((ours, "scale"), []).append(
-            t[f"model.history.{hf}.{i}.weight"])
+            read(f"model.history.{hf}.{i}.weight"))
         per_layer.setdefault((ours, "bias"), []).append(
-            t[f"model.history.{hf}.{i}.bias"])
-  for path, arrays in per_layer.items():
+            read(f"model.history.{hf}.{i}.bias"))
+  for path, readers in per_layer.items():
     if cfg.scan_layers:
-      flat[("decoder", "stack", "layers", "layer") + path] = np.stack(arrays)
+      flat[("decoder", "stack", "layers", "layer") + path] = (readers, True)
     else:
-      for i, a in enumerate(arrays):
-        flat[("decoder", "stack", f"layers_{i}", "layer") + path] = a
+      for i, r in enumerate(readers):
+        flat[("decoder", "stack", f"layers_{i}", "layer") + path] = ([r],
+                                                                     False)
   if cfg.arch != "transformer":
-    flat[("decoder", "history", "weight")] = t["model.history.weight"]
-    flat[("decoder", "history", "weight_c")] = t["model.history.weight_c"]
+    for name in ("weight", "weight_c"):
+      flat[("decoder", "history", name)] = (
+          [read(f"model.history.{name}")], False)
   if cfg.arch == "pcformer":
-    flat[("decoder", "alpha")] = t["model.alpha"]
-    flat[("decoder", "rk_scale")] = np.stack(
-        [t[f"model.RK_norm.{j}.weight"] for j in range(cfg.pc_order)])
-    flat[("decoder", "rk_bias")] = np.stack(
-        [t[f"model.RK_norm.{j}.bias"] for j in range(cfg.pc_order)])
-  return _unflatten(flat)
+    flat[("decoder", "alpha")] = ([read("model.alpha")], False)
+    for ours, hf in (("rk_scale", "weight"), ("rk_bias", "bias")):
+      flat[("decoder", ours)] = (
+          [read(f"model.RK_norm.{j}.{hf}") for j in range(cfg.pc_order)],
+          True)
+  return flat
+
+
+def from_hf(source: TensorSource | Mapping[str, Any], cfg: ModelConfig,
+            abstract=None) -> dict:
+  """HF tensors -> Flax parameters laid out for `cfg`, in cfg.weight_dtype.
+
+  `source` is a {name: array} dict or a lazy TensorSource, read one tensor
+  at a time. Without `abstract`, the leaves are NumPy arrays; with it (our
+  parameter tree of ShapeDtypeStructs with shardings), each leaf is
+  assembled shard by shard straight onto its devices. Names and shapes are
+  all checked before any data is read.
+  """
+  if isinstance(source, Mapping):
+    source = Arrays(source)
+  _check_names(source, cfg)
+  targets = _flatten(dict(abstract)) if abstract is not None else {}
+  out = {}
+  for path, (readers, stacked) in _plan(source, cfg).items():
+    if abstract is None:
+      whole = (slice(None),) if stacked else ()
+      out[path] = host(readers, stacked, whole, cfg.weight_dtype)
+    else:
+      out[path] = placed(readers, stacked, targets[path])
+  return _unflatten(out)
 
 
 def hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2,
@@ -178,17 +225,18 @@ def hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2,
       "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
       "intermediate_size": cfg.d_ff, "num_hidden_layers": cfg.num_layers,
       "num_attention_heads": cfg.num_heads,
-      "num_key_value_heads": cfg.num_heads, "head_dim": cfg.head_dim,
+      "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim,
       "hidden_act": "silu", "rms_norm_eps": cfg.rms_eps,
-      "rope_theta": cfg.rope_base,
-      "rope_parameters": {"rope_type": "default",
-                          "rope_theta": cfg.rope_base},
+      "rope_theta": cfg.rope_base, "rope_parameters": _rope_parameters(cfg),
       "max_position_embeddings": cfg.max_seq_len,
       "tie_word_embeddings": cfg.tie_embeddings,
       "initializer_range": cfg.init_std, "attention_bias": False,
       "mlp_bias": False, "bos_token_id": bos_id, "eos_token_id": eos_id,
       "pad_token_id": pad_id, "dtype": dtype, "use_cache": False,
   }
+  if cfg.rope_type != "default":
+    # transformers 4.x (the authors' release) reads scaling from here.
+    out["rope_scaling"] = _rope_parameters(cfg)
   if cfg.arch == "transformer":
     out.update(architectures=["LlamaForCausalLM"], model_type="llama",
                use_cache=True)
@@ -209,14 +257,14 @@ def model_config(hf: dict[str, Any]) -> dict[str, Any]:
     raise ExportError(f"config.json has model_type={kind!r}; import reads "
                       f"'llama' (Transformer++) and 'iiet' (IIET, PCformer).")
   heads = hf["num_attention_heads"]
-  if hf.get("num_key_value_heads", heads) != heads:
-    raise ExportError(f"num_key_value_heads={hf['num_key_value_heads']} != "
-                      f"num_attention_heads={heads}: our models use full "
-                      f"multi-head attention, not grouped queries.")
-  rope = hf.get("rope_parameters") or {}
-  if rope.get("rope_type", "default") != "default":
-    raise ExportError(f"rope_parameters={rope}: only plain RoPE "
-                      f"(rope_type 'default') is supported.")
+  kv_heads = hf.get("num_key_value_heads") or heads
+  if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+    raise ExportError(
+        f"config.json has num_attention_heads={heads} and "
+        f"num_key_value_heads={kv_heads}: grouped-query attention needs the "
+        f"key / value heads to divide the query heads evenly. Fix "
+        f"num_key_value_heads in config.json (the k_proj / v_proj rows are "
+        f"num_key_value_heads x head_dim).")
   head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
   if head_dim * heads != hf["hidden_size"]:
     raise ExportError(f"head_dim={head_dim} x {heads} heads != "
@@ -228,15 +276,57 @@ def model_config(hf: dict[str, Any]) -> dict[str, Any]:
       arch=hf.get("iiet_arch", "transformer") if kind == "iiet"
       else "transformer",
       vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
-      d_model=hf["hidden_size"], num_heads=heads,
+      d_model=hf["hidden_size"], num_heads=heads, num_kv_heads=kv_heads,
       d_ff=hf["intermediate_size"],
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
       max_seq_len=hf.get("max_position_embeddings", 2048),
-      rope_base=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+      **_rope_fields(hf),
       rms_eps=hf.get("rms_norm_eps", 1e-6),
       init_std=hf.get("initializer_range", 0.02))
   if kind == "iiet":
     out.update(iterations=tuple(hf["iterations"]),
                pc_order=hf.get("pc_order", 2),
                ln_eps=hf.get("layer_norm_eps", 1e-5))
+  return out
+
+
+def _rope_parameters(cfg: ModelConfig) -> dict[str, Any]:
+  """config.json's `rope_parameters` (the transformers 5 name)."""
+  out = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_base}
+  if cfg.rope_type == "llama3":
+    out.update(factor=cfg.rope_factor,
+               low_freq_factor=cfg.rope_low_freq_factor,
+               high_freq_factor=cfg.rope_high_freq_factor,
+               original_max_position_embeddings=(
+                   cfg.rope_original_max_positions))
+  return out
+
+
+def _rope_fields(hf: dict[str, Any]) -> dict[str, Any]:
+  """Our rope_* model fields from config.json, read as transformers does:
+  `rope_parameters` (transformers 5), else `rope_scaling` beside
+  `rope_theta` (4.x, most published Llama checkpoints)."""
+  rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+  kind = rope.get("rope_type", rope.get("type", "default"))
+  if kind not in ROPE_TYPES:
+    raise ExportError(
+        f"config.json has RoPE scaling of type {kind!r} ({rope}); supported "
+        f"RoPE types: {', '.join(repr(t) for t in ROPE_TYPES)}.")
+  out = dict(rope_type=kind, rope_base=float(
+      rope.get("rope_theta") or hf.get("rope_theta") or 10000.0))
+  if kind == "llama3":
+    missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor")
+               if rope.get(k) is None]
+    if missing:
+      raise ExportError(f"config.json's llama3 RoPE parameters {rope} lack "
+                        f"{missing}; add them (Llama 3.1: factor 8.0, "
+                        f"low_freq_factor 1.0, high_freq_factor 4.0).")
+    # transformers prefers a top-level original_max_position_embeddings.
+    original = (hf.get("original_max_position_embeddings")
+                or rope.get("original_max_position_embeddings")
+                or hf.get("max_position_embeddings", 2048))
+    out.update(rope_factor=float(rope["factor"]),
+               rope_low_freq_factor=float(rope["low_freq_factor"]),
+               rope_high_freq_factor=float(rope["high_freq_factor"]),
+               rope_original_max_positions=int(original))
   return out
