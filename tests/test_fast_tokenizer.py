@@ -10,8 +10,6 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import sysconfig
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
@@ -20,29 +18,8 @@ from tokenizers import Tokenizer
 from iiet_jax.data import fast_tokenizer
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.export import hf_tokenizer
-
-VOCAB = 400
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-_TRAIN = ("textwrap.py", "string.py", "argparse.py")
-# Real text the tokenizer never saw; html/entities.py and cp1252.py are full
-# of characters outside a 400-piece vocabulary (byte fallback).
-_HELD_OUT = ("json/decoder.py", "csv.py", "email/utils.py",
-             "html/entities.py", "encodings/cp1252.py")
-EDGES = [
-    "", " ", "    leading spaces", "trailing spaces  \t ",
-    "tabs\t\tand\tnewlines\n\n\n", "\n  runs \t \n   of    whitespace\r\n",
-    "naïve café — 日本語 Ωμέγα", "outside the vocabulary: 🙂 𝔘𝔫𝔦 ☃ \x00 \x7f",
-    "digits 1234567890 and 3.14159",
-]
-SPECIAL_TEXT = "<s> and </s> are text here, <pad> and <unk> too"
-
-
-def sample_texts() -> list[str]:
-  return [(STDLIB / n).read_text(encoding="utf-8") for n in _HELD_OUT] + EDGES
-
-
-def corpus_texts() -> list[str]:
-  return [(STDLIB / n).read_text(encoding="utf-8") for n in _TRAIN]
+from tokenizer_texts import (EDGES, SPECIAL_TEXT, VOCAB, corpus_texts,
+                             sample_texts)
 
 
 @pytest.fixture(scope="module")
