@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from support import apply, init_params, small_config
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.export import hf_tokenizer, names
-from test_fast_tokenizer import VOCAB, corpus_texts, sample_texts
+from support import apply, init_params, small_config
+from tokenizer_texts import VOCAB, corpus_texts, sample_texts
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
