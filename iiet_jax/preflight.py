@@ -10,6 +10,7 @@ building the run's parts abstractly: nothing is allocated or compiled.
 from __future__ import annotations
 
 import os
+import tempfile
 
 from etils import epath
 
@@ -38,10 +39,12 @@ def check_workdir(workdir: str) -> epath.Path:
     raise WorkdirError(f"--workdir={workdir}: {existing} is a file, so no "
                        f"folder can be created below it; choose another "
                        f"--workdir.")
-  if not os.access(existing, os.W_OK | os.X_OK):
+  try:  # a probe, as permission bits do not bind root or read-only mounts
+    tempfile.TemporaryFile(dir=existing).close()
+  except OSError:
     raise WorkdirError(f"--workdir={workdir}: {existing} is not writable by "
                        f"this user; choose a writable --workdir or change "
-                       f"the folder's permissions.")
+                       f"the folder's permissions.") from None
   return epath.Path(path)
 
 

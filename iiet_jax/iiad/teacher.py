@@ -32,10 +32,10 @@ def measure_run(workdir: str, batches: int, ablation: bool,
   """Measures, writes influence.json / influence.png and, given tau or a
   budget, adds the selection it implies."""
   from iiet_jax.data.loader import make_loaders
+  selection.check(tau, budget)  # before the run is opened or measured
   opened = runs.open_run(workdir)
   model = opened.training.model
   inf.check_teacher(model.config)
-  selection.check(tau, budget)
   loaders = make_loaders(opened.config)
   loaders.close()
   chosen = loaders.validation[:batches]
