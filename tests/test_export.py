@@ -183,8 +183,8 @@ def test_hf_config_round_trips_to_our_model_config():
   for key, value in back.items():
     want = getattr(cfg, key)
     assert (tuple(want) if key == "iterations" else want) == value, key
-  with pytest.raises(names.ExportError, match="grouped"):
-    names.model_config({**names.hf_config(cfg), "num_key_value_heads": 2})
+  with pytest.raises(names.ExportError, match="num_key_value_heads=3"):
+    names.model_config({**names.hf_config(cfg), "num_key_value_heads": 3})
   with pytest.raises(names.ExportError, match="model_type"):
     names.model_config({**names.hf_config(cfg), "model_type": "gpt2"})
 

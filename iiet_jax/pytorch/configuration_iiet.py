@@ -3,6 +3,8 @@
 `iiet_arch` is "iiet" or "pcformer"; `iterations` the implicit iterations of
 every layer (IIET, E-IIET when they differ); `pc_order` the Runge-Kutta order
 (PCformer); `layer_norm_eps` the eps of the LNp / LNc / LNrk LayerNorms.
+Grouped-query attention (`num_key_value_heads`) and RoPE scaling
+(`rope_parameters`) are LlamaConfig's own fields.
 """
 
 from transformers import LlamaConfig
@@ -30,3 +32,8 @@ class IIETConfig(LlamaConfig):
                        f"{self.num_hidden_layers} layers.")
     if self.pc_order not in (2, 4):
       raise ValueError(f"pc_order={self.pc_order} is not 2 or 4.")
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise ValueError(
+          f"num_attention_heads={self.num_attention_heads} is not divisible "
+          f"by num_key_value_heads={self.num_key_value_heads}: each key / "
+          f"value head must serve the same number of query heads.")

@@ -5,7 +5,9 @@ Parameter names are those of SPEC.md section 6 (a Llama model plus
 exported `model.safetensors` loads here and into the authors' release alike.
 Numerics follow the JAX models: RMSNorm and LayerNorm in float32, the history
 mixes summed in float32, attention softmax in float32, RoPE in the
-rotate-half layout. Every block evaluation of IIET (predictor and each
+rotate-half layout (plain, or llama3 scaling through transformers' own
+frequencies), grouped-query attention when num_key_value_heads is below
+num_attention_heads. Every block evaluation of IIET (predictor and each
 iteration) sees its own inputs at all positions, as in training; this module
 recomputes the whole sequence on every call (no KV cache), which is what
 scoring and lm-evaluation-harness log-likelihoods need.
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from .configuration_iiet import IIETConfig
 
@@ -54,23 +57,33 @@ def rotate(x, cos, sin):
   return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).to(x.dtype)
 
 
+def head_dim(config):
+  return getattr(config, "head_dim", None) or (
+      config.hidden_size // config.num_attention_heads)
+
+
 class Attention(nn.Module):
+  """Query head n reads key / value head n // (heads / kv_heads)."""
+
   def __init__(self, config):
     super().__init__()
     d = config.hidden_size
     self.heads = config.num_attention_heads
-    self.head_dim = d // self.heads
-    self.q_proj = nn.Linear(d, d, bias=False)
-    self.k_proj = nn.Linear(d, d, bias=False)
-    self.v_proj = nn.Linear(d, d, bias=False)
-    self.o_proj = nn.Linear(d, d, bias=False)
+    self.kv_heads = config.num_key_value_heads or self.heads
+    self.head_dim = head_dim(config)
+    self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
+    self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+    self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+    self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
 
   def forward(self, x, cos, sin, allowed):
     B, T, _ = x.shape
-    split = lambda y: y.view(B, T, self.heads, self.head_dim).transpose(1, 2)
-    q = rotate(split(self.q_proj(x)), cos, sin)
-    k = rotate(split(self.k_proj(x)), cos, sin)
-    v = split(self.v_proj(x))
+    split = lambda y, n: y.view(B, T, n, self.head_dim).transpose(1, 2)
+    # [B, kv, T, h] -> [B, heads, T, h], each kv head serving its group.
+    group = lambda y: y.repeat_interleave(self.heads // self.kv_heads, 1)
+    q = rotate(split(self.q_proj(x), self.heads), cos, sin)
+    k = group(rotate(split(self.k_proj(x), self.kv_heads), cos, sin))
+    v = group(split(self.v_proj(x), self.kv_heads))
     logits = torch.matmul(q.float(), k.float().transpose(-1, -2))
     logits = logits * self.head_dim ** -0.5
     logits = logits.masked_fill(~allowed, float("-inf"))
@@ -180,11 +193,17 @@ class IIETModel(IIETPreTrainedModel):
     self.embed_tokens = value
 
   def rope(self, position_ids):
-    head_dim = self.config.hidden_size // self.config.num_attention_heads
-    half = head_dim // 2
-    theta = self.config.rope_parameters["rope_theta"]
-    freq = theta ** (-torch.arange(half, dtype=torch.float32,
-                                   device=position_ids.device) * 2 / head_dim)
+    rope = self.config.rope_parameters
+    kind = rope.get("rope_type", "default")
+    if kind == "llama3":
+      freq, _ = ROPE_INIT_FUNCTIONS[kind](self.config, position_ids.device)
+    elif kind == "default":
+      dim = head_dim(self.config)
+      freq = rope["rope_theta"] ** (-torch.arange(
+          dim // 2, dtype=torch.float32, device=position_ids.device) * 2 / dim)
+    else:
+      raise ValueError(f"rope_parameters has rope_type={kind!r}; this model "
+                       f"code runs 'default' and 'llama3'.")
     angle = position_ids.float()[..., None] * freq     # [B, T, h/2]
     return angle.cos()[:, None], angle.sin()[:, None]  # [B, 1, T, h/2]
 
