@@ -148,3 +148,30 @@ def test_json_backend_errors_name_the_file(ours, tmp_path):
   other.write_bytes(b"")
   with pytest.raises(tok_lib.TokenizerError, match=r"spm\.bin: the suffix"):
     tok_lib.load_tokenizer(other)
+
+
+def test_import_carries_a_tokenizer_json_with_its_special_tokens(ours,
+                                                                 tmp_path):
+  from iiet_jax.export.names import ExportError
+  _, folder = ours
+  src, stage = tmp_path / "src", tmp_path / "stage"
+  src.mkdir()
+  stage.mkdir()
+  assert hf_tokenizer.carry(src, stage, tmp_path / "final") is None
+  (src / "tokenizer.json").write_bytes(
+      (folder / "tokenizer.json").read_bytes())
+  with pytest.raises(ExportError, match=rf"--hf={src}: No bos_token or "
+                                        rf"eos_token"):
+    hf_tokenizer.carry(src, stage, tmp_path / "final")
+  # Ids from config.json (several eos ids: the first), names from the
+  # tokenizer's own files where it has them.
+  (src / "config.json").write_text(json.dumps(
+      {"bos_token_id": 1, "eos_token_id": [2, 0], "pad_token_id": None}))
+  (src / "special_tokens_map.json").write_text(json.dumps(
+      {"unk_token": {"content": "<unk>", "special": True}}))
+  path = hf_tokenizer.carry(src, stage, tmp_path / "final")
+  assert path == str(tmp_path / "final" / "tokenizer.json")
+  assert json.loads((stage / "tokenizer_config.json").read_text()) == {
+      "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+  loaded = tok_lib.load_tokenizer(stage / "tokenizer.json")
+  assert (loaded.bos_id, loaded.eos_id, loaded.pad_id) == (1, 2, -1)
