@@ -9,9 +9,9 @@
 Text sources are read through TFDS ArrayRecord splits and tokenised by a
 SentencePiece model or a tokenizer.json: `data.tokenizer` names a `.model`
 or `.json` file, or, when empty, a `.model` of the model's vocabulary size
-is trained on the train split and cached beside the prepared data. A `tokens` record is one document's ids as
-little-endian int32 bytes (`write_token_records` writes them), with any
-bos/eos already in place.
+is trained on the train split and cached beside the prepared data. A
+`tokens` record is one document's ids as little-endian int32 bytes
+(`write_token_records` writes them), with any bos/eos already in place.
 """
 
 from __future__ import annotations
