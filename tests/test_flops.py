@@ -13,7 +13,10 @@ from iiet_jax.train import flops
 
 @pytest.mark.parametrize("arch,extra", [("transformer", {}),
                                         ("iiet", dict(iterations=(3, 0, 2))),
-                                        ("pcformer", dict(pc_order=4))])
+                                        ("pcformer", dict(pc_order=4)),
+                                        # one kv head: k, v 4x cheaper
+                                        ("transformer",
+                                         dict(num_kv_heads=1))])
 def test_forward_flops_match_xla(arch, extra):
   """XLA counts a loop body once, whatever its trip count, so layers are
   unrolled here (iterations are unrolled by default)."""
