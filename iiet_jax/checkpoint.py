@@ -294,7 +294,8 @@ def saved_run(source: str, step: int | None = None) -> SavedRun:
   manager = _reader(directory)
   steps = sorted(manager.all_steps())
   if not steps:
-    raise CheckpointError(f"{source}: no checkpoint in {directory}.")
+    raise CheckpointError(f"{source}: no checkpoint in {directory}; train a run "
+                          f"there first, or give the workdir of a trained run.")
   if step is not None and step not in steps:
     manager.close()
     raise CheckpointError(f"{source} has no checkpoint of step {step}; it "

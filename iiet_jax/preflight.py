@@ -61,6 +61,9 @@ def check_config(config) -> None:
         f"seq_len={config.seq_len} exceeds model.max_seq_len="
         f"{model.max_seq_len}, the longest sequence the model takes; lower "
         f"--config.seq_len or raise --config.model.max_seq_len.")
+  if config.micro_batches < 1:
+    raise ConfigError(f"micro_batches={config.micro_batches} must be >= 1 "
+                      f"(1: no gradient accumulation).")
   if config.checkpoint.keep < 1:
     raise ConfigError(f"checkpoint.keep={config.checkpoint.keep} must be "
                       f">= 1, so the run can always resume.")

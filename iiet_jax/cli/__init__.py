@@ -38,10 +38,16 @@ def _parse(command: str, argv: list[str]):
   from absl import flags
   from iiet_jax import overrides
   from iiet_jax.cli.commands import UsageError
+  from iiet_jax.errors import UserError
   spec = overrides.config_spec(argv)
-  keys = overrides.override_keys(argv)
-  if spec and keys:  # unknown keys, named with the closest valid ones
-    overrides.check_keys(overrides.load_config_file(spec)[0], keys)
+  if spec:  # loaded here too, so its errors and unknown keys read plainly
+    try:
+      config = overrides.load_config_file(spec)[0]
+    except UserError:
+      raise
+    except (ValueError, KeyError, TypeError) as err:
+      raise overrides.OverrideError(f"--config={spec}: {err}") from None
+    overrides.check_keys(config, overrides.override_keys(argv))
   cli_flags.define(command)
   try:
     rest = flags.FLAGS(overrides.without_sequences(argv, spec))
