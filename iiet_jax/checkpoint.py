@@ -33,8 +33,8 @@ from iiet_jax.errors import UserError, warn
 # Fields that change the parameter tree; the others (dtypes of compute,
 # remat, attention kernel, ...) may differ between a save and a restore.
 STRUCTURAL_FIELDS = ("arch", "vocab_size", "num_layers", "d_model",
-                     "num_heads", "d_ff", "tie_embeddings", "iterations",
-                     "pc_order", "scan_layers", "param_dtype")
+                     "num_heads", "num_kv_heads", "d_ff", "tie_embeddings",
+                     "iterations", "pc_order", "scan_layers", "param_dtype")
 VALIDATION_METRIC = "validation_loss"
 
 
@@ -64,6 +64,8 @@ def describe(model_config, phase: str) -> dict[str, Any]:
 def check_compatible(saved: Mapping[str, Any], wanted: Mapping[str, Any],
                      where: str) -> None:
   """Refuses to resume a run whose parameter tree would not match."""
+  # Checkpoints from before grouped-query attention had one kv head per head.
+  saved = {"num_kv_heads": saved.get("num_heads"), **saved}
   diffs = [f"{k}: saved {saved.get(k)!r}, config {wanted.get(k)!r}"
            for k in STRUCTURAL_FIELDS
            if _plain(saved.get(k)) != _plain(wanted.get(k))]
