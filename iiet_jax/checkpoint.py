@@ -18,6 +18,7 @@ readable step is used instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any, Callable, Mapping
 
@@ -28,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from iiet_jax import storage
 from iiet_jax.errors import UserError, warn
 
 # Fields that change the parameter tree; the others (dtypes of compute,
@@ -42,6 +44,10 @@ class CheckpointError(UserError, RuntimeError):
   """A workdir whose checkpoints cannot serve the requested run."""
 
   kind = "Checkpoint"
+
+
+class CheckpointWriteError(CheckpointError):
+  """A checkpoint step that could not be written: a full disk, a quota."""
 
 
 @dataclasses.dataclass
@@ -120,6 +126,9 @@ class Checkpoints:
                        "data": grain.checkpoint.CheckpointHandler(),
                        "config": ocp.JsonCheckpointHandler(),
                        "model": ocp.JsonCheckpointHandler()})
+    self._writing: int | None = None  # the step whose save may be in flight
+    self._failed: CheckpointWriteError | None = None
+    storage.log_closed_loop_callbacks()
 
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -127,14 +136,21 @@ class Checkpoints:
   def save(self, step: int, state, data_iterator, config: Mapping[str, Any],
            model: Mapping[str, Any],
            metrics: Mapping[str, float] | None = None) -> None:
-    """Starts saving `step`; the state is written in the background."""
-    self._manager.save(
-        step, force=True, metrics=dict(metrics) if metrics else None,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
-            config=ocp.args.JsonSave(dict(config)),
-            model=ocp.args.JsonSave(dict(model))))
+    """Starts saving `step`; the state is written in the background.
+
+    A write that fails here or in the background (a full disk) raises
+    CheckpointWriteError, here or at the next `save` / `wait`.
+    """
+    self.wait()  # so a failure of the previous step is reported as its own
+    self._writing = step
+    with self._reporting_write_errors():
+      self._manager.save(
+          step, force=True, metrics=dict(metrics) if metrics else None,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(state),
+              data=grain.checkpoint.CheckpointSave(data_iterator),
+              config=ocp.args.JsonSave(dict(config)),
+              model=ocp.args.JsonSave(dict(model))))
 
   def model_description(self, step: int) -> dict[str, Any]:
     restored = self._manager.restore(
@@ -196,10 +212,40 @@ class Checkpoints:
 
   def wait(self) -> None:
     """Blocks until every save in flight is complete on disk."""
-    self._manager.wait_until_finished()
+    with self._reporting_write_errors():
+      self._manager.wait_until_finished()
+    self._writing = None
 
   def close(self) -> None:
-    self._manager.close()
+    if self._failed is None:
+      self.wait()
+      self._manager.close()
+      return
+    # Orbax's close would raise the reported failure again. The failed
+    # step's temporary directory is removed by the next run's manager
+    # (cleanup_tmp_directories).
+    with contextlib.suppress(Exception):
+      self._manager.close()
+
+  @contextlib.contextmanager
+  def _reporting_write_errors(self):
+    try:
+      yield
+    except Exception as err:  # pylint: disable=broad-except
+      failure = storage.write_failure(err)
+      if failure is None:
+        raise
+      self._failed = CheckpointWriteError(self._write_message(failure))
+      raise self._failed from err
+
+  def _write_message(self, failure: storage.WriteFailure) -> str:
+    complete = [s for s in self.steps() if s != self._writing]
+    resume = (f"it resumes from step {complete[-1]}, the newest complete "
+              f"checkpoint" if complete else
+              "it starts afresh, as no checkpoint is complete yet")
+    return (f"Cannot write checkpoint step {self._writing} in "
+            f"{self.directory}: {failure.reason} ({failure.detail}). "
+            f"{failure.fix}, then run the same command again: {resume}.")
 
 
 @dataclasses.dataclass

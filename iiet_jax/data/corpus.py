@@ -33,6 +33,7 @@ from etils import epath
 import tensorflow_datasets as tfds
 
 from iiet_jax.data import documents as docs_lib
+from iiet_jax.data import shards as shards_lib
 from iiet_jax.data import tokenizer as tokenizer_lib
 
 DEFAULT_SUFFIXES = (".txt", ".jsonl", ".parquet")
@@ -234,12 +235,26 @@ def open_split(dataset: tfds.core.DatasetBuilder | str, split: str,
 
   `dataset` is a builder or a name such as "python_stdlib" or
   "text_corpus/<config name>" under `data_dir`; a name that is not prepared
-  there is an error rather than a build.
+  there is an error rather than a build. Every shard of the split is
+  checked first (`shards.py`): a damaged one is an error naming its file.
   """
   if isinstance(dataset, str):
-    return tfds.data_source(dataset, split=split, data_dir=data_dir,
-                            download=False)
-  return dataset.as_data_source(split=split)
+    source = tfds.data_source(dataset, split=split, data_dir=data_dir,
+                              download=False)
+  else:
+    source = dataset.as_data_source(split=split)
+  return shards_lib.checked(source, shards_lib.tfds_shards(source),
+                            _remedy(source.dataset_info))
+
+
+def _remedy(info: tfds.core.DatasetInfo) -> str:
+  """How to replace a damaged shard of a prepared dataset."""
+  if info.name in (TextCorpus.name, PythonStdlib.name):
+    return (f"Delete {info.data_dir} and run again: the corpus is prepared "
+            f"afresh from its files (and its tokenizer, kept there, trained "
+            f"again).")
+  return (f"Prepare the TFDS dataset {info.full_name} again (delete "
+          f"{info.data_dir} first), or restore the file from a copy.")
 
 
 def split_texts(source, text_field: str = "text") -> Iterator[str]:

@@ -26,6 +26,7 @@ import numpy as np
 
 from iiet_jax.data import corpus
 from iiet_jax.data import pipeline
+from iiet_jax.data import shards
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.errors import MissingInputError
 
@@ -126,7 +127,9 @@ def _token_inputs(data, vocab_size: int) -> Inputs:
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
       raise MissingInputError(f"Token record files not found: {missing}.")
-    splits[split] = grain.sources.ArrayRecordDataSource(paths)
+    splits[split] = shards.open_files(
+        paths, "Write it again (sources.write_token_records) or restore it "
+        "from a copy.")
   to_ids = TokenRecordIds()
   # Only a sample is read: enough to catch a tokenizer / model mismatch.
   train = splits["train"]
@@ -157,8 +160,9 @@ def open_inputs(data, vocab_size: int) -> Inputs:
     builder = corpus.prepare(_text_builder(data))
     text_field = "text"  # Our builders store the text under "text".
     splits = ("train", "validation")
-  tokenizer = _tokenizer(data, builder, vocab_size, text_field)
+  # Opened (and their shards checked) before a tokenizer is trained on them.
   train, validation = (corpus.open_split(builder, s) for s in splits)
+  tokenizer = _tokenizer(data, builder, vocab_size, text_field)
   name = f"{builder.name}/{builder.builder_config.name}" \
       if builder.builder_config else builder.name
   return Inputs(train, validation,

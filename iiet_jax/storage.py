@@ -1,0 +1,98 @@
+"""Which storage failure an exception is, from any library that writes files.
+
+Orbax reports a failed write from its background thread as whatever the
+writer raised: an `OSError`, or TensorStore's `ValueError` whose text holds
+the C library's code (`[os_error_code='28']`). `write_failure` finds the
+failure in either form, anywhere in the exception's chain, so the caller can
+say in plain words what happened and how to fix it.
+
+When one write of a save fails, Orbax closes that save's event loop while
+TensorStore still finishes the others; their completion callbacks then hit
+the closed loop, and Python prints each as an "unraisable" traceback on the
+screen, before and after the clear error. `log_closed_loop_callbacks` sends
+those to the library log instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import re
+import sys
+
+_SPACE = "Free space on that disk (or point --workdir at a larger one)"
+
+# errno -> (what happened, how to fix it)
+_FAILURES = {
+    errno.ENOSPC: ("the disk is full", _SPACE),
+    errno.EDQUOT: ("the disk quota is used up", _SPACE),
+    errno.EFBIG: ("a file grew past this process's file size limit "
+                  "(ulimit -f)", "Raise the limit (ulimit -f unlimited)"),
+    errno.EROFS: ("the file system is read-only",
+                  "Point --workdir at a writable disk"),
+    errno.EACCES: ("permission was denied",
+                   "Make the directory writable for this user"),
+}
+# TensorStore's status text names the code; the C library's text as well.
+_CODE = re.compile(r"os_error_code='?(\d+)")
+_TEXT = {"No space left on device": errno.ENOSPC,
+         "Disk quota exceeded": errno.EDQUOT,
+         "File too large": errno.EFBIG,
+         "Read-only file system": errno.EROFS}
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteFailure:
+  code: int          # the errno
+  reason: str        # "the disk is full"
+  fix: str           # "Free space on that disk ..."
+  detail: str        # the C library's text, e.g. "No space left on device"
+
+
+def _chain(err: BaseException):
+  seen = set()
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    yield err
+    err = err.__cause__ or err.__context__
+
+
+def write_failure(err: BaseException) -> WriteFailure | None:
+  """The storage failure behind `err`, or None if it is something else."""
+  for link in _chain(err):
+    code = getattr(link, "errno", None) if isinstance(link, OSError) else None
+    if code not in _FAILURES:
+      text = str(link)
+      found = _CODE.search(text)
+      code = int(found.group(1)) if found else next(
+          (c for t, c in _TEXT.items() if t in text), None)
+    if code in _FAILURES:
+      reason, fix = _FAILURES[code]
+      return WriteFailure(code, reason, fix, os.strerror(code))
+  return None
+
+
+def _closed_loop_callback(unraisable) -> bool:
+  return (unraisable.exc_type is RuntimeError
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
+def log_closed_loop_callbacks() -> None:
+  """Logs (not prints) callbacks that land on a closed event loop; every
+  other unraisable exception goes to the hook that was there. Idempotent."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_iiet_closed_loop", False):
+    return
+
+  def hook(unraisable):
+    if _closed_loop_callback(unraisable):
+      logging.getLogger(__name__).info(
+          "a write's completion callback found its event loop closed (the "
+          "save had already failed): %s", unraisable.exc_value)
+    else:
+      previous(unraisable)
+
+  hook._iiet_closed_loop = True
+  sys.unraisablehook = hook
