@@ -171,3 +171,44 @@ def test_fast_subset_fails_cleanly_as_documented(tmp_path):
   documented = _documented()
   for args, line in seen.items():
     assert documented.get(args) == line.replace("|", "/"), args
+
+
+def test_help_lists_commands_and_only_the_commands_flags():
+  top = subprocess.run(MAIN + ["--help"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=120)
+  assert top.returncode == 0
+  for command in ("train", "sweep", "influence", "distill", "generate",
+                  "export", "score", "import", "plot"):
+    assert f"\n  {command} " in top.stdout
+  export = subprocess.run(MAIN + ["export", "--help"], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+  assert "--out" in export.stdout and "--dtype" in export.stdout
+  assert "--tau" not in export.stdout and "--prompt" not in export.stdout
+
+
+def test_per_layer_iterations_from_the_command_line(tmp_path):
+  # Both spellings parse; the run then stops at the (later) step check.
+  for value in ("3,1,1,1", "(3,1,1,1)"):
+    line, out = _first_line([LM, f"--workdir={tmp_path}/run",
+                             f"--config.model.iterations={value}",
+                             "--config.total_steps=10"], tmp_path)
+    assert line.startswith("Config error: total_steps=10"), out.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_readers_fall_back_past_a_damaged_step(tmp_path, caplog):
+  from iiet_jax import checkpoint
+  for step in (2, 4):
+    (tmp_path / str(step)).mkdir()
+  (tmp_path / "4" / "_CHECKPOINT_METADATA").write_text("")
+
+  def read(step):
+    if step == 4:
+      raise ValueError("Expecting value: line 1 column 1 (char 0)")
+    return "ok"
+
+  assert checkpoint.newest_readable(tmp_path, [2, 4], read) == (2, "ok", [4])
+  assert "checkpoint step 4" in caplog.text
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"_CHECKPOINT_METADATA: Expecting value"):
+    checkpoint.newest_readable(tmp_path, [4], read)
