@@ -15,10 +15,13 @@ from typing import Any, Sequence
 import jax
 
 from iiet_jax.models.history import HISTORY_PARAMS  # noqa: F401  (re-export)
+from iiet_jax.errors import UserError
 
 
-class MergeError(ValueError):
+class MergeError(UserError, ValueError):
   """Trees that differ in a way nobody allowed."""
+
+  kind = "Checkpoint"
 
 
 def _name(key) -> str:
