@@ -8,7 +8,9 @@ tokenizer, about 10 s):
   python -m iiet_jax.main --config=configs/lm.py:model=iiet,size=tiny --workdir=runs/tiny
 
 Variants: `model` in transformer, pcformer, iiet; `size` in tiny, 55m, 340m,
-740m, 1.3b (SPEC.md section 7). Any field can be overridden on the command
+740m, 1.3b (SPEC.md section 7); `init=DIR` takes the model's shape and
+tokenizer from the run in DIR and starts from its weights (`from_init`). Any
+field can be overridden on the command
 line, e.g. `--config.model.iterations=2 --config.switch_at=0`. Expected log
 for the tiny IIET: 1,068,210 parameters (1,066,112 while Transformer++), 16
 block evaluations per token, the loss from about 7.6 (ln 2048) at step 1 to
@@ -49,15 +51,25 @@ FSDP_MICRO_BATCHES = 4
 DEFAULT_ARG = "model=iiet,size=tiny"
 
 
+# The model fields `init=DIR` takes from DIR's checkpoint: its shape and
+# positions, everything the imported weights fix.
+INIT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads",
+               "num_kv_heads", "d_ff", "tie_embeddings", "max_seq_len",
+               "rope_base", "rope_type", "rope_factor", "rope_low_freq_factor",
+               "rope_high_freq_factor", "rope_original_max_positions",
+               "rms_eps", "init_std")
+
+
 def parse_arg(arg: str | None) -> dict[str, str]:
   """'model=iiet,size=tiny' -> {'model': 'iiet', 'size': 'tiny'}."""
-  values = {"model": "iiet", "size": "tiny"}
+  values = {"model": "iiet", "size": "tiny", "init": ""}
   for item in filter(None, (arg or "").split(",")):
     key, sep, value = item.partition("=")
     if not sep or key not in values:
       raise ValueError(
-          f"configs/lm.py got {item!r}; expected model=NAME,size=SIZE with "
-          f"NAME in {', '.join(MODELS)} and SIZE in {', '.join(SIZES)}.")
+          f"configs/lm.py got {item!r}; expected model=NAME,size=SIZE"
+          f"[,init=DIR] with NAME in {', '.join(MODELS)} and SIZE in "
+          f"{', '.join(SIZES)}.")
     values[key] = value
   if values["model"] not in MODELS:
     raise ValueError(f"configs/lm.py: model={values['model']!r} is unknown; "
@@ -162,7 +174,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sharding = ml_collections.ConfigDict(dict(preset="fsdp"))
   config.sharding.rules = ml_collections.ConfigDict()
   config.data = data_config(tiny)
+  if variant["init"]:
+    from_init(config, variant["init"])
   return config
+
+
+def from_init(config, source: str) -> None:
+  """`init=DIR`: the model shape and tokenizer of DIR's newest checkpoint
+  (e.g. a Llama folder read by `iiet import`), warm-started from it with
+  switch_at=0. For model=iiet / pcformer and a Transformer++ in DIR this is
+  the paper's second stage alone (iiet_jax/stages/pretrain.py)."""
+  from iiet_jax import checkpoint  # read only when a checkpoint is named
+  run = checkpoint.saved_run(source)
+  for key in INIT_FIELDS:
+    if key in run.model:
+      config.model[key] = run.model[key]
+  tokenizer = run.config.get("data", {}).get("tokenizer")
+  if tokenizer:
+    config.data.tokenizer = tokenizer
+  config.init_from = source
+  config.switch_at = 0.0
+  config.variant += f",init={source}"
 
 
 def data_config(tiny: bool) -> ml_collections.ConfigDict:

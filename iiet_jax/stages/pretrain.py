@@ -6,7 +6,11 @@ PCformer for the rest. At the switch the embedding, blocks, final norm and
 head carry over bit for bit with their Adam moments; the history parameters
 (W, Wc, LNp, LNc; PCformer's alpha and LNrk) start at their init with fresh
 moments; the step count, and with it the learning-rate schedule, continues.
-`switch_at = 0` trains the configured architecture from the start.
+`switch_at = 0` trains the configured architecture from the start; with
+`init_from` naming a Transformer++ run (e.g. an `iiet import`ed Llama
+checkpoint) and an IIET / PCformer model, the run is the paper's second stage
+alone: an empty Transformer++ phase warm-starts from it and the switch below
+enters at step 0 (moments and step fresh, as the checkpoint has none).
 
 How the new history parameters start is `config.switch` (switch_init.py):
 the SPEC averages, or an init that keeps the inherited Transformer++
@@ -43,7 +47,7 @@ def phases(config) -> list[Phase]:
   if not 0.0 <= switch_at < 1.0:
     raise PlanError(f"switch_at={switch_at} must lie in [0, 1): the share of "
                     f"steps trained as Transformer++ before the switch.")
-  if switch_at == 0.0:
+  if switch_at == 0.0 and not _switch_from_init(config):
     return [Phase(arch, 0, total, config)]
   if "switch" in config:
     try:
@@ -56,7 +60,11 @@ def phases(config) -> list[Phase]:
         f"but model.arch='transformer'; set switch_at=0 or choose "
         f"model=iiet / model=pcformer.")
   switch = round(switch_at * total)
-  if not 0 < switch < total:
+  if switch_at == 0.0:
+    # The paper's second stage from an imported Transformer++: an empty
+    # first phase warm-starts from init_from, the switch enters at step 0.
+    switch = 0
+  elif not 0 < switch < total:
     raise PlanError(f"switch_at={switch_at} of total_steps={total} gives the "
                     f"switch step {switch}, leaving one phase empty.")
   first = config.copy_and_resolve_references()
@@ -68,6 +76,16 @@ def phases(config) -> list[Phase]:
   return [Phase("transformer", 0, switch, first),
           Phase(arch, switch, total, second,
                 enter=functools.partial(_enter, config))]
+
+
+def _switch_from_init(config) -> bool:
+  """Whether `init_from` is a Transformer++ this history model starts from,
+  carried over the way the two-stage switch carries it."""
+  if not config.get("init_from") or config.model.arch == "transformer":
+    return False
+  from iiet_jax import checkpoint as ckpt_lib
+  source = ckpt_lib.saved_run(config.init_from).model
+  return source.get("arch", source.get("phase")) == "transformer"
 
 
 def _enter(config, state, training: Training, previous: Training, loaders):

@@ -207,7 +207,9 @@ def _header(config, plan, training_for, loaders) -> str:
     params += (f"; {count(first.abstract_state.params):,} while "
                f"{plan[0].name}")
   phases = ", then ".join(f"{p.name} for steps {p.start + 1}-{p.end}"
-                          for p in plan)
+                          for p in plan if p.end > p.start)
+  if config.init_from:
+    phases += f" (parameters from {config.init_from})"
   return "\n".join([
       f"model      {config.get('variant', cfg.arch)} ({cfg.arch}, "
       f"{cfg.num_layers} layers, d={cfg.d_model}, iterations="
