@@ -18,6 +18,7 @@ collective (`parallel/preemption.py`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -96,104 +97,116 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
       workdir / "checkpoints", keep=config.checkpoint.keep,
       keep_best=config.checkpoint.keep_best,
       async_save=config.checkpoint.async_save)
-  config_json = json.loads(config.to_json_best_effort())
-  restored = checkpoints.restore(training_for(plan[0]).sharded_state(),
-                                 loaders.train.grain_iterator, check)
-  if restored is not None:
-    state, phase_name = restored.state, restored.model["phase"]
-    for bad in restored.skipped:
-      writers.event(restored.step, f"checkpoint step {bad} unreadable; "
-                    f"fell back to step {restored.step}")
-    writers.event(restored.step, f"resumed from step {restored.step} "
-                  f"({phase_name}) in {checkpoints.directory}")
-  else:
-    phase_name = plan[0].name
-    state = training_for(plan[0]).init_state(config.seed)
-    if config.init_from:
-      state = warm_start.load_params(state, training_for(plan[0]), config)
-      writers.event(0, f"warm start: parameters from {config.init_from}")
-
-  done = workdir / "summary.json"
-  if int(state.step) >= config.total_steps and done.exists():
-    writers.event(int(state.step), f"the run in {workdir} is complete; its "
-                  f"summary follows (raise --config.total_steps to go on)")
-    checkpoints.close()
-    loaders.close()
-    writers.close()
-    return json.loads(done.read_text())
-  if jax.process_index() == 0:
-    print(_header(config, plan, training_for, loaders), flush=True)
-  preemption = Preemption()
-  step = int(state.step)
-  val, metrics, feed = None, {}, None
-  timer = {"tokens": 0, "seconds": 0.0}
   try:
-    for index, phase in enumerate(plan):
-      if step >= phase.end and index < len(plan) - 1:
-        continue
-      training = training_for(phase)
-      if phase.name != phase_name:
-        if phase.enter is None or index == 0:
-          raise ValueError(f"the plan's phase {phase.name!r} follows "
-                           f"{phase_name!r} but has no `enter` hook")
-        state, change = phase.enter(state, training,
-                                    training_for(plan[index - 1]), loaders)
-        phase_name = phase.name
-        writers.event(step, f"switched to {phase.name} at step {step}: "
-                      f"{change}")
-      shardings = step_lib.batch_shardings(loaders.batch_keys, training.mesh,
-                                           training.rules)
-      feed = lambda b, s=shardings: multihost.global_batch(
-          b, s, config.batch_size)
-      first = True
-      while step < phase.end:
-        t0 = time.perf_counter()
-        state, metrics = trace.call(step + 1, training.train_step, state,
-                                    feed(next(loaders.train)))
-        step += 1
-        log = step % config.log_every == 0 or step == config.total_steps
-        if log or first:
-          jax.block_until_ready(metrics)
-        if not first:  # the first step of a phase compiles
-          timer["seconds"] += time.perf_counter() - t0
-          timer["tokens"] += config.batch_size * config.seq_len
-        first = False
-        if log:
-          writers.write(step, _train_metrics(metrics, timer, training, config))
-          writers.progress(step, _train_metrics(metrics, timer, training,
-                                                config))
-        evaluated = None
-        if step % config.eval_every == 0 or step == config.total_steps:
-          val = step_lib.evaluate(training.eval_step, state.params,
-                                  loaders.validation, feed)
-          writers.write(step, val, prefix="validation")
-          writers.event(step, f"validation loss {val['loss']:.4f}, "
-                        f"perplexity {val['perplexity']:.1f}")
-          evaluated = {ckpt_lib.VALIDATION_METRIC: val["loss"]}
-        stop = preemption.reached()
-        if (step % config.checkpoint.every == 0 or step == phase.end or stop):
-          checkpoints.save(step, state, loaders.train.grain_iterator,
-                           config_json, description(phase), evaluated)
-        if stop:
-          checkpoints.wait()
-          writers.event(step, f"SIGTERM: checkpoint of step {step} written; "
-                        f"stopping")
-          return _finish(config, workdir, step, metrics, val, timer,
-                         writers, checkpoints, loaders, preempted=True)
-    report = plan[-1].report
-    extra = {}
-    if report is not None and feed is not None:
-      extra = report(state, training_for(plan[-1]), loaders.validation, feed)
-      writers.write(step, {k: v for k, v in extra.items()
-                           if isinstance(v, float)}, prefix="validation")
-      writers.event(step, "final: " + ", ".join(
-          f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-          for k, v in extra.items()))
-    return _finish(config, workdir, step, metrics, val, timer,
-                   writers, checkpoints, loaders, preempted=False, extra=extra)
-  finally:
-    trace.close()
-    preemption.close()
+    config_json = json.loads(config.to_json_best_effort())
+    restored = checkpoints.restore(training_for(plan[0]).sharded_state(),
+                                   loaders.train.grain_iterator, check)
+    if restored is not None:
+      state, phase_name = restored.state, restored.model["phase"]
+      for bad in restored.skipped:
+        writers.event(restored.step, f"checkpoint step {bad} unreadable; "
+                      f"fell back to step {restored.step}")
+      writers.event(restored.step, f"resumed from step {restored.step} "
+                    f"({phase_name}) in {checkpoints.directory}")
+    else:
+      phase_name = plan[0].name
+      state = training_for(plan[0]).init_state(config.seed)
+      if config.init_from:
+        state = warm_start.load_params(state, training_for(plan[0]), config)
+        writers.event(0, f"warm start: parameters from {config.init_from}")
+
+    done = workdir / "summary.json"
+    if int(state.step) >= config.total_steps and done.exists():
+      writers.event(int(state.step), f"the run in {workdir} is complete; its "
+                    f"summary follows (raise --config.total_steps to go on)")
+      checkpoints.close()
+      loaders.close()
+      writers.close()
+      return json.loads(done.read_text())
+    if jax.process_index() == 0:
+      print(_header(config, plan, training_for, loaders), flush=True)
+    preemption = Preemption()
+    step = int(state.step)
+    val, metrics, feed = None, {}, None
+    timer = {"tokens": 0, "seconds": 0.0}
+    try:
+      for index, phase in enumerate(plan):
+        if step >= phase.end and index < len(plan) - 1:
+          continue
+        training = training_for(phase)
+        if phase.name != phase_name:
+          if phase.enter is None or index == 0:
+            raise ValueError(f"the plan's phase {phase.name!r} follows "
+                             f"{phase_name!r} but has no `enter` hook")
+          state, change = phase.enter(state, training,
+                                      training_for(plan[index - 1]), loaders)
+          phase_name = phase.name
+          writers.event(step, f"switched to {phase.name} at step {step}: "
+                        f"{change}")
+        shardings = step_lib.batch_shardings(loaders.batch_keys, training.mesh,
+                                             training.rules)
+        feed = lambda b, s=shardings: multihost.global_batch(
+            b, s, config.batch_size)
+        first = True
+        while step < phase.end:
+          t0 = time.perf_counter()
+          state, metrics = trace.call(step + 1, training.train_step, state,
+                                      feed(next(loaders.train)))
+          step += 1
+          log = step % config.log_every == 0 or step == config.total_steps
+          if log or first:
+            jax.block_until_ready(metrics)
+          if not first:  # the first step of a phase compiles
+            timer["seconds"] += time.perf_counter() - t0
+            timer["tokens"] += config.batch_size * config.seq_len
+          first = False
+          if log:
+            writers.write(step,
+                          _train_metrics(metrics, timer, training, config))
+            writers.progress(step, _train_metrics(metrics, timer, training,
+                                                  config))
+          evaluated = None
+          if step % config.eval_every == 0 or step == config.total_steps:
+            val = step_lib.evaluate(training.eval_step, state.params,
+                                    loaders.validation, feed)
+            writers.write(step, val, prefix="validation")
+            writers.event(step, f"validation loss {val['loss']:.4f}, "
+                          f"perplexity {val['perplexity']:.1f}")
+            evaluated = {ckpt_lib.VALIDATION_METRIC: val["loss"]}
+          stop = preemption.reached()
+          if (step % config.checkpoint.every == 0 or step == phase.end or stop):
+            checkpoints.save(step, state, loaders.train.grain_iterator,
+                             config_json, description(phase), evaluated)
+          if stop:
+            checkpoints.wait()
+            writers.event(step, f"SIGTERM: checkpoint of step {step} written; "
+                          f"stopping")
+            return _finish(config, workdir, step, metrics, val, timer,
+                           writers, checkpoints, loaders, preempted=True)
+      report = plan[-1].report
+      extra = {}
+      if report is not None and feed is not None:
+        extra = report(state, training_for(plan[-1]), loaders.validation, feed)
+        writers.write(step, {k: v for k, v in extra.items()
+                             if isinstance(v, float)}, prefix="validation")
+        writers.event(step, "final: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in extra.items()))
+      return _finish(config, workdir, step, metrics, val, timer,
+                     writers, checkpoints, loaders, preempted=False,
+                     extra=extra)
+    finally:
+      trace.close()
+      preemption.close()
+  except BaseException:
+    # A failure before `_finish` (a warm start, a data error, Ctrl-C)
+    # still closes the manager: its background threads must not outlive
+    # the interpreter ("cannot schedule new futures" at exit).
+    with contextlib.suppress(Exception):
+      checkpoints.close()
+    with contextlib.suppress(Exception):
+      loaders.close()
+    raise
 
 
 def _header(config, plan, training_for, loaders) -> str:
