@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from iiet_jax.parallel import sharding
+
 MODELS = ("transformer", "pcformer", "iiet")
 
 # layers, width, heads, MLP width, tied head (SPEC.md section 7).
@@ -169,10 +171,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.micro_batches = FSDP_MICRO_BATCHES
   config.mesh = ml_collections.ConfigDict(dict(
       data=1 if fsdp else -1, fsdp=-1 if fsdp else 1, tensor=1, slices=1))
-  # Logical-axis rules: a preset from iiet_jax/parallel/sharding.py, plus
-  # optional per-name overrides, e.g. {"vocab": "tensor"}.
-  config.sharding = ml_collections.ConfigDict(dict(preset="fsdp"))
-  config.sharding.rules = ml_collections.ConfigDict()
+  # Logical-axis rules (iiet_jax/parallel/sharding.py): `preset` (dp, fsdp,
+  # fsdp_tp) fills `rules`, the whole table, one entry per logical name
+  # (embed, heads_query, mlp_down, vocab_head, activation_batch, ...). An
+  # entry is "none" (replicated), a mesh axis ("tensor") or several
+  # ("fsdp,tensor"). Move one weight:
+  #   --config.sharding.rules.mlp_down=tensor   (=none or ='' replicates)
+  # A new preset re-derives every entry not set explicitly; entries set
+  # explicitly keep their value, whatever the order of the flags.
+  config.sharding = sharding.config_block("fsdp")
   config.data = data_config(tiny)
   if variant["init"]:
     from_init(config, variant["init"])

@@ -170,10 +170,11 @@ def test_grouped_queries_splash_and_xla_equal_repeated_heads(kv_heads):
     pytest.param(2, "tensor", marks=pytest.mark.slow), (1, None)])
 def test_grouped_queries_splash_per_shard(kv_heads, kv_rule):
   """Heads over tensor=2: 2 kv heads split with their query heads; 1 kv head
-  replicated (rules kv_heads=None), each shard taking the one it reads."""
+  replicated (rules heads_key, heads_value None), each shard taking the
+  one it reads."""
   mesh = make_mesh({"data": 2, "fsdp": 1, "tensor": 2},
                    devices=jax.devices()[:4])
-  rules = make_rules("fsdp_tp", {"kv_heads": kv_rule,
+  rules = make_rules("fsdp_tp", {"heads_key": kv_rule, "heads_value": kv_rule,
                                  "activation_kv_heads": kv_rule})
   segment_ids = SEGMENTS["packed"]
   q, k, v, w = gqa_qkv(kv_heads, seed=2)

@@ -75,8 +75,12 @@ def test_logical_axes_on_every_parameter():
       x, nn.LogicallyPartitioned))
   assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
   specs = {tuple(x.names) for x in leaves}
-  assert ("layers", "embed", "heads", "kv") in specs
-  assert ("layers", "mlp", "embed") in specs
-  assert ("vocab", "embed") in specs and ("embed", "vocab") in specs
+  assert ("layers", "embed", "heads_query", "kv") in specs
+  assert ("layers", "embed", "heads_key", "kv") in specs
+  assert ("layers", "heads_out", "kv", "embed") in specs
+  assert ("layers", "mlp_down", "embed") in specs
+  assert ("layers", "embed", "mlp_gate") in specs
+  assert ("vocab_embedding", "embed") in specs
+  assert ("embed", "vocab_head") in specs
   for x in leaves:
     assert len(x.names) == x.value.ndim

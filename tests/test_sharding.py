@@ -114,7 +114,8 @@ def test_step_on_mesh_equals_single_device(arch, mesh, preset):
 GQA_LAYOUTS = [
     (2, {}, P(None, "fsdp", "tensor", None)),
     # Fewer kv heads than the tensor axis: replicated over it (Megatron).
-    (1, {"kv_heads": None, "activation_kv_heads": None},
+    (1, {"heads_key": None, "heads_value": "none",
+         "activation_kv_heads": None},
      P(None, "fsdp", None, None))]
 
 
@@ -230,9 +231,186 @@ def test_batch_must_split_over_data_shards():
 
 
 def test_bad_rules():
-  with pytest.raises(ShardingError, match="unknown"):
+  with pytest.raises(ShardingError, match="sharding.preset='zero3' is unknown"
+                     "; choose one of dp, fsdp, fsdp_tp"):
     make_rules("zero3")
-  with pytest.raises(ShardingError, match="mesh axes are"):
-    make_rules("fsdp", {"mlp": "model"})
-  with pytest.raises(ShardingError, match="which no array uses"):
-    make_rules("fsdp", {"ffn": "tensor"})
+  with pytest.raises(ShardingError, match=r"sharding.rules.mlp_down='model' "
+                     r"names \['model'\], not a mesh axis; .*data, fsdp, "
+                     r"tensor.*rules.mlp_down=fsdp,tensor"):
+    make_rules("fsdp", {"mlp_down": "model"})
+  with pytest.raises(ShardingError, match=r"names \['model'\]"):
+    make_rules("fsdp", {"mlp_down": "fsdp,model"})
+  # `mlp` was one name for gate, up and down; now each has its own.
+  with pytest.raises(ShardingError, match="sharding.rules.mlp names a "
+                     "logical axis no array uses; .*mlp_gate, mlp_up, "
+                     "mlp_down"):
+    make_rules("fsdp", {"mlp": "tensor"})
+
+
+# The rules table in the config: every logical name, overridable one by one.
+
+# Written out by hand, independently of sharding.PRESETS: the layouts every
+# preset had before each weight got its own name.
+_PARAMS = ("embed", "heads_query", "heads_key", "heads_value", "heads_out",
+           "kv", "mlp_gate", "mlp_up", "mlp_down", "vocab_embedding",
+           "vocab_head", "layers", "norm")
+_ACTS = ("activation_batch", "activation_length", "activation_embed",
+         "activation_heads", "activation_kv_heads", "activation_kv",
+         "activation_mlp", "activation_vocab")
+_NONE = {name: "none" for name in _PARAMS + _ACTS}
+EXPECTED_TABLES = {
+    "dp": {**_NONE, "activation_batch": "data,fsdp"},
+    "fsdp": {**_NONE, "activation_batch": "data,fsdp", "embed": "fsdp"},
+    "fsdp_tp": {**_NONE, "activation_batch": "data,fsdp", "embed": "fsdp",
+                "heads_query": "tensor", "heads_key": "tensor",
+                "heads_value": "tensor", "heads_out": "tensor",
+                "mlp_gate": "tensor", "mlp_up": "tensor",
+                "mlp_down": "tensor", "vocab_embedding": "tensor",
+                "vocab_head": "tensor", "activation_heads": "tensor",
+                "activation_kv_heads": "tensor", "activation_mlp": "tensor",
+                "activation_vocab": "tensor"},
+}
+
+
+def lm_config():
+  from training import load_lm_config
+  return load_lm_config("model=iiet,size=tiny")
+
+
+@pytest.mark.parametrize("preset", sorted(EXPECTED_TABLES))
+def test_config_holds_each_presets_whole_table(preset):
+  cfg = lm_config()
+  assert cfg.sharding.preset == "fsdp"
+  cfg.sharding.preset = preset
+  assert cfg.sharding.rules.to_dict() == EXPECTED_TABLES[preset]
+  # make_rules reads the config's table (the preset fills nothing here).
+  table = dict(make_rules(preset, cfg.sharding.rules))
+  assert table == dict(make_rules("dp", cfg.sharding.rules))
+  assert table["activation_batch"] == ("data", "fsdp")
+  assert table["embed"] == (None if preset == "dp" else "fsdp")
+
+
+def test_explicit_rules_survive_a_preset_change_in_either_order():
+  cfg = lm_config()
+  cfg.sharding.rules.mlp_down = "tensor"      # before the preset
+  cfg.sharding.preset = "dp"
+  cfg.sharding.rules.embed = "fsdp,tensor"    # after it
+  want = {**EXPECTED_TABLES["dp"], "mlp_down": "tensor",
+          "embed": "fsdp,tensor"}
+  assert cfg.sharding.rules.to_dict() == want
+  cfg.sharding.preset = "fsdp_tp"
+  assert cfg.sharding.rules.to_dict() == {
+      **EXPECTED_TABLES["fsdp_tp"], "embed": "fsdp,tensor"}
+  # A resolved copy (as saved with a run) holds plain values.
+  saved = cfg.copy_and_resolve_references()
+  saved.sharding.preset = "dp"
+  assert saved.sharding.rules.heads_query == "tensor"
+
+
+def _parse_flags(argv):
+  """The config after absl parses `argv`, as on the command line."""
+  from absl import flags
+  from ml_collections import config_flags
+  from training import ROOT
+  argv = ["prog", f"--config={ROOT}/configs/lm.py:model=iiet,size=tiny",
+          *argv]
+  values = flags.FlagValues()
+  # sys_argv: absl defines the --config.KEY flags from the command line.
+  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+@pytest.mark.parametrize("value,want", [
+    ("tensor", "tensor"), ("fsdp,tensor", ("fsdp", "tensor")),
+    ("none", None), ("", None), ("None", None)])
+def test_rule_values_from_the_command_line(value, want):
+  cfg = _parse_flags([f"--config.sharding.rules.embed={value}",
+                      "--config.sharding.preset=fsdp_tp"])
+  table = dict(make_rules(cfg.sharding.preset, cfg.sharding.rules))
+  assert table["embed"] == want
+  assert table["mlp_down"] == "tensor"   # re-derived from fsdp_tp
+
+
+def test_every_logical_name_in_the_models_is_in_the_config_table():
+  from iiet_jax.models import build_model, layers
+  from iiet_jax.parallel.mesh import MESH_AXES
+  cfg = lm_config()
+  used = set()
+  for arch in ("transformer", "pcformer", "iiet"):
+    model = build_model(tiny_training_config(
+        arch, tie_embeddings=False, num_kv_heads=2).model)
+    boxed = jax.eval_shape(model.init, jax.random.key(0),
+                           jax.ShapeDtypeStruct((1, 16), np.int32))
+    for box in jax.tree.leaves(boxed["params"], is_leaf=lambda x: isinstance(
+        x, nn.LogicallyPartitioned)):
+      used.update(n for n in box.names if n)
+  for names in (layers.BTD, layers.BTNH, layers.BTKH, layers.BTF,
+                layers.BTV):
+    used.update(names)
+  table = set(cfg.sharding.rules)
+  assert used - table == set(), "names the config cannot lay out"
+  assert table - used == set(), "rules no array uses"
+  assert not set(MESH_AXES) & table
+
+
+def test_unknown_rule_key_on_the_command_line_lists_the_names():
+  from iiet_jax import overrides
+  cfg = lm_config()
+  overrides.check_keys(cfg, ["sharding.rules.mlp_down", "sharding.preset",
+                             "sharding.rules.activation_batch"])
+  with pytest.raises(overrides.OverrideError, match=r"--config.sharding."
+                     r"rules.mlp: no such config key. Closest valid keys: "
+                     r".*sharding.rules.mlp_up"):
+    overrides.check_keys(cfg, ["sharding.rules.mlp"])
+
+
+def _partition_specs(run_dir):
+  """{parameter path: partition spec} as Orbax saved the last checkpoint."""
+  import base64
+  import json
+  step = max((p for p in (run_dir / "checkpoints").iterdir()
+              if p.name.isdigit()), key=lambda p: int(p.name))
+  saved = json.loads((step / "state" / "_sharding").read_text())
+  specs = {}
+  for key, value in saved.items():
+    path = base64.b64decode(key).decode()
+    if path.startswith("params."):
+      specs[path[len("params."):]] = json.loads(value)["partition_spec"]
+  return specs
+
+
+def test_moving_one_weight_from_the_command_line(tmp_path):
+  """`iiet train ... --config.sharding.rules.mlp_down=tensor` on 2 devices:
+  the MLP's down projection alone is split over `tensor` as well."""
+  import os
+  import subprocess
+  import sys
+  from training import ROOT, write_counting_corpus
+  train, val = write_counting_corpus(tmp_path / "data", 128)
+  env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 "
+         "--xla_force_host_platform_device_count=2"}
+  out = subprocess.run(
+      [sys.executable, "-m", "iiet_jax.main", "train",
+       "--config=configs/lm.py:model=transformer,size=tiny",
+       f"--workdir={tmp_path / 'run'}", "--config.total_steps=1",
+       "--config.mesh.data=1", "--config.mesh.fsdp=2",
+       "--config.sharding.rules.mlp_down=tensor",
+       "--config.model.num_layers=1", "--config.model.d_model=32",
+       "--config.model.d_ff=64", "--config.model.vocab_size=128",
+       "--config.batch_size=2", "--config.seq_len=16",
+       "--config.optimizer.warmup_steps=0", "--config.data.source=tokens",
+       f"--config.data.paths=('{train}',)",
+       f"--config.data.validation_paths=('{val}',)",
+       "--config.data.eval_batches=1"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  specs = _partition_specs(tmp_path / "run")
+  down = "decoder.stack.layers.layer.block.mlp.down"
+  assert specs[down] == [None, "tensor", "fsdp"]
+  # Everything else keeps the fsdp preset's layout.
+  moved = {path for path, spec in specs.items() if "tensor" in spec}
+  assert moved == {down}
+  assert specs["decoder.stack.layers.layer.block.mlp.up"] == [
+      None, "fsdp", None]
+  assert specs["embedding"] == [None, "fsdp"]

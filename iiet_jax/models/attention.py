@@ -137,10 +137,10 @@ def splash_attention(q_BTNH: Array, k_BTKH: Array, v_BTKH: Array,
 
   The kernel groups queries itself (query head n reads kv head n // G). On a
   mesh, kv heads split like the query heads keep that grouping per shard. If
-  the rules lay them out otherwise (e.g. `kv_heads` replicated because K is
-  smaller than the tensor axis), every shard receives all K kv heads and
-  takes, for each of its query heads, the kv head it reads: the one place
-  K/V are repeated, on the shard only."""
+  the rules lay them out otherwise (e.g. `heads_key` / `heads_value`
+  replicated because K is smaller than the tensor axis), every shard
+  receives all K kv heads and takes, for each of its query heads, the kv
+  head it reads: the one place K/V are repeated, on the shard only."""
   length = q_BTNH.shape[1]
   block = splash_block(length)
   groups = q_BTNH.shape[2] // k_BTKH.shape[2]

@@ -218,14 +218,16 @@ class Attention(nn.Module):
     dt = cfg.compute_dtype
     D, N, K, H = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
 
-    def project(name, heads, axes, names):
-      w_DNH = param(self, name, (D, heads, H), ("embed", axes, "kv"))
+    def project(name, heads, names):
+      # One logical name per weight (heads_query, ...): each moves alone.
+      w_DNH = param(self, name, (D, heads, H),
+                    ("embed", f"heads_{name}", "kv"))
       y_BTNH = jnp.einsum("btd,dnh->btnh", x_BTD, w_DNH.astype(dt))
       return checkpoint_name(constrain(y_BTNH, names), f"{name}_proj")
 
-    q_BTNH = project("query", N, "heads", BTNH)
-    k_BTKH = project("key", K, "kv_heads", BTKH)
-    v_BTKH = project("value", K, "kv_heads", BTKH)
+    q_BTNH = project("query", N, BTNH)
+    k_BTKH = project("key", K, BTKH)
+    v_BTKH = project("value", K, BTKH)
     q_BTNH = apply_rope(q_BTNH, positions_BT, cfg)
     k_BTKH = apply_rope(k_BTKH, positions_BT, cfg)
 
@@ -240,7 +242,7 @@ class Attention(nn.Module):
                                   positions_BT[:, 0])
       new_kv = KVCache(k_BTKH, v_BTKH)
     out_BTNH = checkpoint_name(constrain(out_BTNH, BTNH), "attention_out")
-    w_NHD = param(self, "out", (N, H, D), ("heads", "kv", "embed"))
+    w_NHD = param(self, "out", (N, H, D), ("heads_out", "kv", "embed"))
     out_BTD = jnp.einsum("btnh,nhd->btd", out_BTNH, w_NHD.astype(dt))
     return constrain(out_BTD, BTD), new_kv
 
@@ -253,9 +255,10 @@ class MLP(nn.Module):
   def __call__(self, x_BTD: Array) -> Array:
     cfg = self.config
     dt = cfg.compute_dtype
-    gate_DF = param(self, "gate", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    up_DF = param(self, "up", (cfg.d_model, cfg.d_ff), ("embed", "mlp"))
-    down_FD = param(self, "down", (cfg.d_ff, cfg.d_model), ("mlp", "embed"))
+    D, F = cfg.d_model, cfg.d_ff
+    gate_DF = param(self, "gate", (D, F), ("embed", "mlp_gate"))
+    up_DF = param(self, "up", (D, F), ("embed", "mlp_up"))
+    down_FD = param(self, "down", (F, D), ("mlp_down", "embed"))
     gate_BTF = checkpoint_name(constrain(x_BTD @ gate_DF.astype(dt), BTF),
                                "mlp_gate")
     up_BTF = checkpoint_name(constrain(x_BTD @ up_DF.astype(dt), BTF),

@@ -36,12 +36,12 @@ class LanguageModel(nn.Module):
   def setup(self):
     cfg = self.config
     self.embedding = param(self, "embedding", (cfg.vocab_size, cfg.d_model),
-                           ("vocab", "embed"))
+                           ("vocab_embedding", "embed"))
     self.decoder = DECODERS[cfg.arch](cfg)
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
       self.head = param(self, "head", (cfg.d_model, cfg.vocab_size),
-                        ("embed", "vocab"))
+                        ("embed", "vocab_head"))
 
   def __call__(self, tokens_BT: Array, positions_BT: Array | None = None,
                segment_ids_BT: Array | None = None) -> Array:

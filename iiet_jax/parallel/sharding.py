@@ -1,19 +1,25 @@
 """Every sharding decision: the logical-axis rules and what follows from them.
 
-Modules name their parameter axes (`embed`, `heads`, `kv_heads`, `kv`, `mlp`,
-`vocab`, `layers`, `norm`) and activation axes (`activation_*`). A rules table maps each
-logical name to mesh axes (`data`, `fsdp`, `tensor`) or to None (replicated).
-`config.sharding.preset` picks one of `PRESETS`; `config.sharding.rules`, when
-given, replaces individual entries. Nothing else in the code base decides how
-an array is laid out.
+Modules name their parameter axes and activation axes (`activation_*`). A
+rules table maps each logical name to mesh axes (`data`, `fsdp`, `tensor`) or
+to None (replicated). `PRESETS` are the tables; `config_block` puts the whole
+table of one into the config (`config.sharding.rules`), where every entry can
+be overridden: `--config.sharding.rules.mlp_down=tensor`. Nothing else in the
+code base decides how an array is laid out.
 
-Key / value heads (`kv_heads`, grouped-query attention) follow the query
-heads under tensor parallelism: split over `tensor` too, so each shard holds
-the kv heads its query heads read and attention needs no communication. That
-needs num_kv_heads to be a multiple of the `tensor` size; with fewer kv heads
-(e.g. one, MQA) set `sharding.rules` `kv_heads` and `activation_kv_heads` to
-None: the small key / value projections are then replicated over `tensor`,
-as Megatron-LM does, and every shard computes all kv heads.
+Parameter names: `embed` (the width D of every weight matrix), `kv` (the
+head size H), `layers`, `norm`, and one name per weight for its other axis,
+so that moving one weight is one override: `heads_query`, `heads_key`,
+`heads_value`, `heads_out` (the attention heads), `mlp_gate`, `mlp_up`,
+`mlp_down` (the MLP width F), `vocab_embedding`, `vocab_head`.
+
+Key / value heads (grouped-query attention) follow the query heads under
+tensor parallelism: split over `tensor` too, so each shard holds the kv heads
+its query heads read and attention needs no communication. That needs
+num_kv_heads to be a multiple of the `tensor` size; with fewer kv heads (e.g.
+one, MQA) set `heads_key`, `heads_value` and `activation_kv_heads` to none:
+the small key / value projections are then replicated over `tensor`, as
+Megatron-LM does, and every shard computes all kv heads.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from iiet_jax.parallel.mesh import MESH_AXES, axis_size
@@ -30,34 +37,33 @@ from iiet_jax.errors import UserError
 Rules = tuple[tuple[str, Any], ...]
 
 BATCH = ("data", "fsdp")
-_ACTIVATIONS_DP = {
-    "activation_batch": BATCH,
-    "activation_length": None,
-    "activation_embed": None,
-    "activation_heads": None,
-    "activation_kv_heads": None,
-    "activation_kv": None,
-    "activation_mlp": None,
-    "activation_vocab": None,
-}
-_PARAMS_REPLICATED = {name: None for name in
-                      ("embed", "heads", "kv_heads", "kv", "mlp", "vocab",
-                       "layers", "norm")}
+HEADS = ("heads_query", "heads_key", "heads_value", "heads_out")
+MLP = ("mlp_gate", "mlp_up", "mlp_down")
+VOCAB = ("vocab_embedding", "vocab_head")
+PARAM_NAMES = ("embed", *HEADS, "kv", *MLP, *VOCAB, "layers", "norm")
+ACTIVATION_NAMES = (
+    "activation_batch", "activation_length", "activation_embed",
+    "activation_heads", "activation_kv_heads", "activation_kv",
+    "activation_mlp", "activation_vocab")
+
+_DP = {**{name: None for name in PARAM_NAMES + ACTIVATION_NAMES},
+       "activation_batch": BATCH}
+_TENSOR = HEADS + MLP + VOCAB + (
+    "activation_heads", "activation_kv_heads", "activation_mlp",
+    "activation_vocab")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Pure data parallel: parameters and optimizer state on every device.
-    "dp": {**_PARAMS_REPLICATED, **_ACTIVATIONS_DP},
+    "dp": _DP,
     # ZeRO-3 style: every weight matrix split over `fsdp` along `embed`,
     # gathered for use; batch over `data` x `fsdp`.
-    "fsdp": {**_PARAMS_REPLICATED, **_ACTIVATIONS_DP, "embed": "fsdp"},
+    "fsdp": {**_DP, "embed": "fsdp"},
     # FSDP plus Megatron-style tensor parallelism over `tensor`: query and kv
     # heads, MLP width and vocabulary split, activations sharded to match.
-    "fsdp_tp": {**_PARAMS_REPLICATED, **_ACTIVATIONS_DP, "embed": "fsdp",
-                "heads": "tensor", "kv_heads": "tensor", "mlp": "tensor",
-                "vocab": "tensor", "activation_heads": "tensor",
-                "activation_kv_heads": "tensor", "activation_mlp": "tensor",
-                "activation_vocab": "tensor"},
+    "fsdp_tp": {**_DP, "embed": "fsdp",
+                **{name: "tensor" for name in _TENSOR}},
 }
+LOGICAL_NAMES = tuple(PRESETS["dp"])
 
 
 class ShardingError(UserError, ValueError):
@@ -66,29 +72,64 @@ class ShardingError(UserError, ValueError):
   kind = "Config"
 
 
-def make_rules(preset: str, overrides: Mapping[str, Any] | None = None
-               ) -> Rules:
-  """The rules table: a preset with optional per-name overrides."""
+def rule_text(axes) -> str:
+  """A rule as the config holds it: "none", "fsdp" or "fsdp,tensor"."""
+  if axes is None:
+    return "none"
+  return axes if isinstance(axes, str) else ",".join(axes)
+
+
+def _preset_rule(preset: str, name: str) -> str:
+  # An unknown preset reads as "none" here; make_rules reports it.
+  return rule_text(PRESETS.get(preset, {}).get(name))
+
+
+def config_block(preset: str) -> ml_collections.ConfigDict:
+  """`config.sharding`: `preset` and the whole rules table it implies.
+
+  Each rule is a reference to the preset (ml_collections ops, pinned in
+  pyproject.toml), so setting `preset` later, in the config file or on the
+  command line, re-derives every rule not set explicitly; a rule set
+  explicitly keeps its value whatever the preset, in either order."""
+  ref = ml_collections.FieldReference(preset)
+  # pylint: disable-next=protected-access
+  rules = {name: ref._apply_op(_preset_rule, name) for name in LOGICAL_NAMES}
+  return ml_collections.ConfigDict({"preset": ref, "rules": rules})
+
+
+def make_rules(preset: str, rules: Mapping[str, Any] | None = None) -> Rules:
+  """The rules table: `rules` (the config's table), names it lacks from
+  `preset` (configs saved before every name was in the config)."""
   if preset not in PRESETS:
     raise ShardingError(f"sharding.preset={preset!r} is unknown; choose one "
                         f"of {', '.join(PRESETS)}.")
   table = dict(PRESETS[preset])
-  for name, axes in (overrides or {}).items():
+  for name, axes in (rules or {}).items():
     if name not in table:
-      raise ShardingError(f"sharding.rules names {name!r}, which no array "
-                          f"uses; logical names: {', '.join(table)}.")
-    table[name] = _normalise(name, axes)
+      raise ShardingError(
+          f"sharding.rules.{name} names a logical axis no array uses; the "
+          f"logical names are {', '.join(table)}.")
+    table[name] = parse_rule(name, axes)
   return tuple(table.items())
 
 
-def _normalise(name: str, axes):
-  if axes in (None, "", (), []):
-    return None
-  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+def parse_rule(name: str, axes):
+  """"none" / "" / None -> None; "fsdp" -> "fsdp"; "fsdp,tensor" (or a
+  tuple) -> ("fsdp", "tensor")."""
+  given = axes
+  if isinstance(axes, str):
+    axes = [a.strip(" '\"") for a in axes.strip(" ()[]").split(",")]
+    axes = [a for a in axes if a.lower() not in ("", "none")]
+  axes = tuple(axes or ())
   bad = [a for a in axes if a not in MESH_AXES]
   if bad:
-    raise ShardingError(f"sharding.rules[{name!r}] uses {bad}; mesh axes are "
-                        f"{', '.join(MESH_AXES)}.")
+    raise ShardingError(
+        f"sharding.rules.{name}={given!r} names {bad}, not a mesh axis; "
+        f"give mesh axes out of {', '.join(MESH_AXES)}, comma-separated "
+        f"(e.g. --config.sharding.rules.{name}=fsdp,tensor), or none to "
+        f"replicate it.")
+  if not axes:
+    return None
   return axes[0] if len(axes) == 1 else axes
 
 
