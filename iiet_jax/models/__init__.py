@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from iiet_jax.models import registry
 from iiet_jax.models.config import ConfigError, ModelConfig
-from iiet_jax.models.lm import DECODERS, LanguageModel
+from iiet_jax.models.lm import LanguageModel
 from iiet_jax.models.stack import unstack_layers
 
 
@@ -24,11 +25,12 @@ def for_inference(model: LanguageModel, params):
   (docs/decode_bench.md: the masked scan saves nothing). Same function,
   same parameters; anything else is returned as it is."""
   cfg = model.config
-  if cfg.arch != "iiet" or cfg.uniform_iterations or not cfg.scan_layers:
+  if (not registry.get(cfg.arch).implicit_iterations
+      or cfg.uniform_iterations or not cfg.scan_layers):
     return model, params
   unrolled = dataclasses.replace(cfg, scan_layers=False)
   return build_model(unrolled), unstack_layers(params, cfg.num_layers)
 
 
-__all__ = ["ConfigError", "DECODERS", "LanguageModel", "ModelConfig",
-           "build_model", "for_inference", "unstack_layers"]
+__all__ = ["ConfigError", "LanguageModel", "ModelConfig", "build_model",
+           "for_inference", "registry", "unstack_layers"]

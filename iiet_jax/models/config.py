@@ -15,8 +15,9 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from iiet_jax.errors import UserError
+from iiet_jax.models import registry
 
-ARCHITECTURES = ("transformer", "iiet", "pcformer")
+ARCHITECTURES = registry.NAMES
 # "per_evaluation": rematerialise each block evaluation on its own and keep
 # its input and output (IIET / PCformer; for Transformer++ the same as full).
 REMAT_POLICIES = ("none", "full", "save_dots", "save_names", "per_evaluation")
@@ -120,11 +121,7 @@ class ModelConfig:
 
   def block_evaluations_per_layer(self) -> tuple[int, ...]:
     """NFE of each layer: how many times B_t runs (SPEC sections 2-4)."""
-    if self.arch == "transformer":
-      return (1,) * self.num_layers
-    if self.arch == "pcformer":
-      return (self.pc_order + 1,) * self.num_layers
-    return tuple(1 + r for r in self.iterations)
+    return tuple(registry.get(self.arch).block_evaluations(self))
 
   # --- construction --------------------------------------------------------
   @classmethod
@@ -153,8 +150,7 @@ class ModelConfig:
       raise ConfigError(msg)
 
     if self.arch not in ARCHITECTURES:
-      fail(f"model.arch={self.arch!r} is not an architecture; choose one of "
-           f"{', '.join(ARCHITECTURES)}.")
+      fail(registry.unknown_message(self.arch))
     for key in ("vocab_size", "num_layers", "d_model", "num_heads",
                 "num_kv_heads", "d_ff", "max_seq_len"):
       value = getattr(self, key)

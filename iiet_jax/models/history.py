@@ -17,16 +17,14 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from iiet_jax.models.config import ModelConfig
+# Per architecture in the registry; re-exported for the code that merges
+# and scales any model's tree.
+from iiet_jax.models.registry import HISTORY_PARAMS  # noqa: F401
 from iiet_jax.models.layers import DecoderBlock, LayerNorm, param
 from iiet_jax.models.stack import LayerStack
 
 Array = jax.Array
 
-# Paths (regexes) of the parameters IIET and PCformer add to Transformer++
-# (SPEC.md sections 3-4): what the switch creates and what
-# `optimizer.history_lr_scale` scales.
-HISTORY_PARAMS = (r"decoder/history/", r"/predictor_norm/",
-                  r"/corrector_norm/", r"decoder/alpha$", r"decoder/rk_")
 
 
 def history_init(key, shape, dtype=jnp.float32) -> Array:

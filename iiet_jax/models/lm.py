@@ -13,22 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from iiet_jax.models import registry
 from iiet_jax.models.config import ModelConfig
-from iiet_jax.models.iiet import IIETDecoder
 from iiet_jax.models.layers import (BTD, BTV, KVCache, RMSNorm, constrain,
                                     param, write_kv)
-from iiet_jax.models.pcformer import PCformerDecoder
-from iiet_jax.models.transformer import TransformerDecoder
 
 Array = jax.Array
-
-# Adding an architecture: write its layer core + decoder, register it here.
-DECODERS = {
-    "transformer": TransformerDecoder,
-    "iiet": IIETDecoder,
-    "pcformer": PCformerDecoder,
-}
-
 
 class LanguageModel(nn.Module):
   config: ModelConfig
@@ -37,7 +27,7 @@ class LanguageModel(nn.Module):
     cfg = self.config
     self.embedding = param(self, "embedding", (cfg.vocab_size, cfg.d_model),
                            ("vocab_embedding", "embed"))
-    self.decoder = DECODERS[cfg.arch](cfg)
+    self.decoder = registry.get(cfg.arch).decoder_class()(cfg)
     self.final_norm = RMSNorm(cfg)
     if not cfg.tie_embeddings:
       self.head = param(self, "head", (cfg.d_model, cfg.vocab_size),

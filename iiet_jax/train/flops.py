@@ -12,12 +12,15 @@ Counts multiply-adds as 2 FLOPs, from SPEC.md sections 1-4:
                  (2 (t + 1) d)
   PCformer       (order + 1) blocks per layer, the RK combination
                  (2 order d), the corrector and output mixes (2 * 2 (t + 1) d)
+Block evaluations and the terms beyond the blocks are each architecture's
+(`block_evaluations`, `extra_flops` in models/registry.py).
 Training is counted as 3x the forward pass (forward + backward), without
 rematerialisation, as MFU is conventionally defined.
 """
 
 from __future__ import annotations
 
+from iiet_jax.models import registry
 from iiet_jax.models.config import ModelConfig
 
 # Dense bf16 peak TFLOP/s per chip, and the HBM XLA can allocate per device
@@ -52,17 +55,9 @@ def block_flops(cfg: ModelConfig, seq_len: int) -> float:
 
 
 def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  d = cfg.d_model
-  total = 2.0 * d * cfg.vocab_size
-  block = block_flops(cfg, seq_len)
-  for t, nfe in enumerate(cfg.block_evaluations_per_layer(), start=1):
-    total += nfe * block
-    mix = 2.0 * (t + 1) * d
-    if cfg.arch == "iiet":
-      total += (cfg.iterations[t - 1] + 1) * mix
-    elif cfg.arch == "pcformer":
-      total += 2 * mix + 2.0 * cfg.pc_order * d
-  return total
+  head = 2.0 * cfg.d_model * cfg.vocab_size
+  blocks = sum(cfg.block_evaluations_per_layer()) * block_flops(cfg, seq_len)
+  return head + blocks + registry.get(cfg.arch).extra_flops(cfg)
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
