@@ -32,7 +32,7 @@ from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import pytorch
 from iiet_jax.export import hf_tokenizer, names, tensor_file
 from iiet_jax.export.names import ExportError
-from iiet_jax.models import ModelConfig
+from iiet_jax.models import ModelConfig, registry
 
 DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
 PYTORCH_DIR = Path(pytorch.__file__).parent
@@ -93,6 +93,7 @@ def export(workdir: str, out: str, step: int | None = None,
     raise ExportError(f"The tokenizer has {tokenizer.vocab_size} pieces but "
                       f"the model only {cfg.vocab_size} embeddings.")
   tensors = names.to_hf(jax.device_get(opened.params), cfg)
+  arch = registry.get(cfg.arch)
   stage = _staged(out_dir)
   try:
     tensor_file.save(stage, tensors, DTYPES[dtype], max_shard_size)
@@ -101,11 +102,10 @@ def export(workdir: str, out: str, step: int | None = None,
     _json(stage / "generation_config.json", {
         "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
         "pad_token_id": tokenizer.pad_id,
-        "use_cache": cfg.arch == "transformer"})
+        "use_cache": arch.hf_use_cache})
     tokenizer_files(stage, tokenizer, cfg.max_seq_len)
-    for name in pytorch.SHIPPED_FILES:
-      if cfg.arch != "transformer":
-        shutil.copyfile(PYTORCH_DIR / name, stage / name)
+    for name in pytorch.SHIPPED_FILES if arch.remote_code else ():
+      shutil.copyfile(PYTORCH_DIR / name, stage / name)
     _json(stage / "iiet_export.json", {
         "workdir": str(Path(workdir).absolute()), "step": opened.run.step,
         "model": opened.run.model, "dtype": dtype})

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax.export.lazy import Arrays, TensorSource, host, placed
-from iiet_jax.models import ModelConfig, build_model
+from iiet_jax.models import ModelConfig, build_model, registry
 from iiet_jax.models.config import ROPE_TYPES
 from iiet_jax.errors import UserError
 
@@ -50,8 +50,8 @@ LAYER = [
     ("post_attention_layernorm.weight", ("block", "mlp_norm", "scale"),
      lambda a: a, lambda a, *_: a),
 ]
-HISTORY_NORMS = [("rouge_predictions_norm", "predictor_norm"),
-                 ("layer_norms", "corrector_norm")]
+# The history / extra names of IIET and PCformer are in their registry
+# records (hf_layer_params, hf_model_params).
 
 
 class ExportError(UserError, ValueError):
@@ -96,6 +96,7 @@ def _hf_views(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
   """to_hf's names and layouts, as views of the parameters where possible."""
   flat = {k: np.asarray(v) for k, v in _flatten(dict(params)).items()}
   layer = _layer_getter(flat, cfg)
+  arch = registry.get(cfg.arch)
   out = {"model.embed_tokens.weight": flat[("embedding",)],
          "model.norm.weight": flat[("final_norm", "scale")]}
   if not cfg.tie_embeddings:
@@ -103,18 +104,14 @@ def _hf_views(params, cfg: ModelConfig) -> dict[str, np.ndarray]:
   for i in range(cfg.num_layers):
     for hf, path, fwd, _ in LAYER:
       out[f"model.layers.{i}.{hf}"] = fwd(layer(i, path))
-    if cfg.arch != "transformer":
-      for hf, ours in HISTORY_NORMS:
-        out[f"model.history.{hf}.{i}.weight"] = layer(i, (ours, "scale"))
-        out[f"model.history.{hf}.{i}.bias"] = layer(i, (ours, "bias"))
-  if cfg.arch != "transformer":
-    out["model.history.weight"] = flat[("decoder", "history", "weight")]
-    out["model.history.weight_c"] = flat[("decoder", "history", "weight_c")]
-  if cfg.arch == "pcformer":
-    out["model.alpha"] = flat[("decoder", "alpha")]
-    for j in range(cfg.pc_order):
-      out[f"model.RK_norm.{j}.weight"] = flat[("decoder", "rk_scale")][j]
-      out[f"model.RK_norm.{j}.bias"] = flat[("decoder", "rk_bias")][j]
+    for hf, path in arch.hf_layer_params:
+      out[hf.format(i=i)] = layer(i, path)
+  for hf, path in arch.hf_model_params:
+    leaf = flat[("decoder",) + path]
+    if "{j}" in hf:  # one HF tensor per row of our stacked leaf
+      out.update((hf.format(j=j), row) for j, row in enumerate(leaf))
+    else:
+      out[hf] = leaf
   return out
 
 
@@ -156,6 +153,8 @@ def _plan(source: TensorSource, cfg: ModelConfig) -> dict[tuple, _Leaf]:
   D, N, F = cfg.d_model, cfg.num_heads, cfg.d_ff
   H = cfg.head_dim
 
+  arch = registry.get(cfg.arch)
+
   def read(name, fn=lambda a: a):
     return lambda: fn(source.get(name))
 
@@ -168,12 +167,8 @@ def _plan(source: TensorSource, cfg: ModelConfig) -> dict[tuple, _Leaf]:
     for hf, path, _, inv in LAYER:
       per_layer.setdefault(path, []).append(read(
           f"model.layers.{i}.{hf}", lambda a, inv=inv: inv(a, D, N, H, F)))
-    if cfg.arch != "transformer":
-      for hf, ours in HISTORY_NORMS:
-        per_layer.setdefault((ours, "scale"), []).append(
-            read(f"model.history.{hf}.{i}.weight"))
-        per_layer.setdefault((ours, "bias"), []).append(
-            read(f"model.history.{hf}.{i}.bias"))
+    for hf, path in arch.hf_layer_params:
+      per_layer.setdefault(path, []).append(read(hf.format(i=i)))
   for path, readers in per_layer.items():
     if cfg.scan_layers:
       flat[("decoder", "stack", "layers", "layer") + path] = (readers, True)
@@ -181,16 +176,14 @@ def _plan(source: TensorSource, cfg: ModelConfig) -> dict[tuple, _Leaf]:
       for i, r in enumerate(readers):
         flat[("decoder", "stack", f"layers_{i}", "layer") + path] = ([r],
                                                                      False)
-  if cfg.arch != "transformer":
-    for name in ("weight", "weight_c"):
-      flat[("decoder", "history", name)] = (
-          [read(f"model.history.{name}")], False)
-  if cfg.arch == "pcformer":
-    flat[("decoder", "alpha")] = ([read("model.alpha")], False)
-    for ours, hf in (("rk_scale", "weight"), ("rk_bias", "bias")):
-      flat[("decoder", ours)] = (
-          [read(f"model.RK_norm.{j}.{hf}") for j in range(cfg.pc_order)],
-          True)
+  for hf, path in arch.hf_model_params:
+    if "{j}" in hf:  # rows of one stacked leaf; _check_names saw them all
+      rows = []
+      while hf.format(j=len(rows)) in source.shapes:
+        rows.append(read(hf.format(j=len(rows))))
+      flat[("decoder",) + path] = (rows, True)
+    else:
+      flat[("decoder",) + path] = ([read(hf)], False)
   return flat
 
 
@@ -237,25 +230,22 @@ def hf_config(cfg: ModelConfig, bos_id: int = 1, eos_id: int = 2,
   if cfg.rope_type != "default":
     # transformers 4.x (the authors' release) reads scaling from here.
     out["rope_scaling"] = _rope_parameters(cfg)
-  if cfg.arch == "transformer":
-    out.update(architectures=["LlamaForCausalLM"], model_type="llama",
-               use_cache=True)
-    return out
-  out.update(
-      architectures=["IIETForCausalLM"], model_type="iiet",
-      auto_map={"AutoConfig": "configuration_iiet.IIETConfig",
-                "AutoModelForCausalLM": "modeling_iiet.IIETForCausalLM"},
-      iiet_arch=cfg.arch, iterations=list(cfg.iterations),
-      pc_order=cfg.pc_order, layer_norm_eps=cfg.ln_eps)
+  arch = registry.get(cfg.arch)
+  out.update(architectures=[arch.pytorch_class],
+             model_type=arch.hf_model_type, use_cache=arch.hf_use_cache)
+  if arch.remote_code:  # our twin's fields (pytorch/configuration_iiet.py)
+    out.update(auto_map=dict(arch.hf_auto_map), iiet_arch=arch.name,
+               iterations=list(cfg.iterations), pc_order=cfg.pc_order,
+               layer_norm_eps=cfg.ln_eps)
   return out
 
 
 def model_config(hf: dict[str, Any]) -> dict[str, Any]:
   """config.json -> the `model` block of our config (inverse of hf_config)."""
-  kind = hf.get("model_type")
-  if kind not in ("llama", "iiet"):
-    raise ExportError(f"config.json has model_type={kind!r}; import reads "
-                      f"'llama' (Transformer++) and 'iiet' (IIET, PCformer).")
+  try:
+    arch = registry.from_hf(hf.get("model_type"), hf.get("iiet_arch"))
+  except registry.ArchitectureError as err:
+    raise ExportError(str(err)) from None
   heads = hf["num_attention_heads"]
   kv_heads = hf.get("num_key_value_heads") or heads
   if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
@@ -273,8 +263,7 @@ def model_config(hf: dict[str, Any]) -> dict[str, Any]:
     if hf.get(flag):
       raise ExportError(f"{flag}=true: our blocks have no biases.")
   out = dict(
-      arch=hf.get("iiet_arch", "transformer") if kind == "iiet"
-      else "transformer",
+      arch=arch.name,
       vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"],
       d_model=hf["hidden_size"], num_heads=heads, num_kv_heads=kv_heads,
       d_ff=hf["intermediate_size"],
@@ -283,7 +272,7 @@ def model_config(hf: dict[str, Any]) -> dict[str, Any]:
       **_rope_fields(hf),
       rms_eps=hf.get("rms_norm_eps", 1e-6),
       init_std=hf.get("initializer_range", 0.02))
-  if kind == "iiet":
+  if arch.remote_code:
     out.update(iterations=tuple(hf["iterations"]),
                pc_order=hf.get("pc_order", 2),
                ln_eps=hf.get("layer_norm_eps", 1e-5))
