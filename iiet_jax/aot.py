@@ -153,11 +153,14 @@ def report(r: dict) -> str:
 def fit(config, devices, policies=()) -> list[dict]:
   """The fewest micro-batches that fit, per remat policy, fastest first."""
   import ml_collections
+  from iiet_jax.models import registry
   from iiet_jax.models.config import REMAT_POLICIES, ConfigError
 
   if not policies:
     policies = ["full", "save_dots", "none"]
-    if config.model.arch != "transformer":
+    # per_evaluation lives in the history layers (models/history.py);
+    # without a history it is full.
+    if registry.get(config.model.arch).history:
       policies.insert(1, "per_evaluation")
   unknown = [p for p in policies if p not in REMAT_POLICIES or
              p == "save_names"]

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iiet_jax.models import LanguageModel, ModelConfig, build_model
+from iiet_jax.models import LanguageModel, ModelConfig, build_model, registry
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.errors import UserError
@@ -31,7 +31,7 @@ class InfluenceError(UserError, ValueError):
 
 
 def check_teacher(cfg: ModelConfig) -> None:
-  if cfg.arch != "iiet":
+  if not registry.get(cfg.arch).implicit_iterations:
     raise InfluenceError(
         f"Iteration influence and IIAD apply to IIET models; this one is "
         f"model.arch={cfg.arch!r}. Train a model=iiet run (two-stage or not) "

@@ -148,6 +148,9 @@ ARCHITECTURES = (
             ("model.RK_norm.{j}.bias", ("rk_bias",)))),
 )
 NAMES = tuple(a.name for a in ARCHITECTURES)
+# The plain Transformer++ that every history architecture can switch from
+# (SPEC.md section 5): the first phase of a two-stage run.
+BASE = "transformer"
 _BY_NAME = {a.name: a for a in ARCHITECTURES}
 # Every architecture's history_params, for code that sees any tree.
 HISTORY_PARAMS = tuple(dict.fromkeys(

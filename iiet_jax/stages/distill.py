@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import selection
+from iiet_jax.models import registry
 from iiet_jax.overrides import with_model
 from iiet_jax.stages.pretrain import PlanError
 from iiet_jax.train import loss as loss_lib
@@ -96,7 +97,8 @@ def teacher_run(config) -> ckpt_lib.SavedRun:
     raise DistillError("distill.teacher is empty: give the workdir of a "
                        "trained IIET run (--config.distill.teacher=DIR).")
   run = ckpt_lib.saved_run(config.distill.teacher)
-  if run.model.get("arch") != "iiet":
+  arch = run.model.get("arch")
+  if arch not in registry.NAMES or not registry.get(arch).implicit_iterations:
     raise DistillError(
         f"The teacher {config.distill.teacher} is a {run.model.get('arch')!r} "
         f"model (phase {run.model.get('phase')!r}); IIAD distils an IIET "

@@ -23,6 +23,7 @@ import functools
 
 import jax
 
+from iiet_jax.models import registry
 from iiet_jax.parallel import multihost
 from iiet_jax.stages import switch_init
 from iiet_jax.train import merge as merge_lib
@@ -54,7 +55,7 @@ def phases(config) -> list[Phase]:
       switch_init.check(config.switch)
     except switch_init.SwitchInitError as err:
       raise PlanError(str(err)) from None
-  if arch == "transformer":
+  if not registry.get(arch).history:
     raise PlanError(
         f"switch_at={switch_at} switches Transformer++ to IIET or PCformer, "
         f"but model.arch='transformer'; set switch_at=0 or choose "
@@ -68,12 +69,12 @@ def phases(config) -> list[Phase]:
     raise PlanError(f"switch_at={switch_at} of total_steps={total} gives the "
                     f"switch step {switch}, leaving one phase empty.")
   first = config.copy_and_resolve_references()
-  first.model.arch = "transformer"
+  first.model.arch = registry.BASE
   second = config
   if "switch" in config and config.switch.get("history_lr_scale", 1.0) != 1:
     second = config.copy_and_resolve_references()
     second.optimizer.history_lr_scale = config.switch.history_lr_scale
-  return [Phase("transformer", 0, switch, first),
+  return [Phase(registry.BASE, 0, switch, first),
           Phase(arch, switch, total, second,
                 enter=functools.partial(_enter, config))]
 
@@ -81,11 +82,12 @@ def phases(config) -> list[Phase]:
 def _switch_from_init(config) -> bool:
   """Whether `init_from` is a Transformer++ this history model starts from,
   carried over the way the two-stage switch carries it."""
-  if not config.get("init_from") or config.model.arch == "transformer":
+  if (not config.get("init_from")
+      or not registry.get(config.model.arch).history):
     return False
   from iiet_jax import checkpoint as ckpt_lib
   source = ckpt_lib.saved_run(config.init_from).model
-  return source.get("arch", source.get("phase")) == "transformer"
+  return source.get("arch", source.get("phase")) == registry.BASE
 
 
 def _enter(config, state, training: Training, previous: Training, loaders):

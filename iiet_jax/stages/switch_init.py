@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iiet_jax.models import registry
 from iiet_jax.models.layers import layer_norm
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train.merge import leaf_paths
@@ -165,6 +166,7 @@ def initialise(params, arch: str, num_layers: int, switch_cfg,
 
   `sums` (from `norm_sums` over [h_0, h_1, ..., h_L], accumulated over the
   fit batches) is needed for `norm_init='fit'`. Returns (params, report)."""
+  record = registry.get(arch)
   values: dict[str, Any] = {}
   report = {"history_init": switch_cfg.history_init,
             "norm_init": switch_cfg.norm_init}
@@ -172,13 +174,13 @@ def initialise(params, arch: str, num_layers: int, switch_cfg,
     w, wc = history_matrices(num_layers)
     values["decoder/history/weight"] = w
     values["decoder/history/weight_c"] = wc
-    if arch == "pcformer":
-      values["decoder/alpha"] = np.zeros((1,), np.float32)
+    values.update(record.switch_inherit)
   if switch_cfg.norm_init == "fit":
     if sums is None:
       raise SwitchInitError("norm_init='fit' needs the residual-stream sums")
     gain, bias = fit_norms(sums)            # rows: h_0, h_1, ..., h_L
-    pred = slice(0, num_layers) if arch == "pcformer" else slice(1, None)
+    pred = (slice(0, num_layers) if record.predictor_norm_on_input
+            else slice(1, None))
     layers = _layer_prefixes(params, num_layers)
     for norm, rows in (("predictor_norm", pred),
                        ("corrector_norm", slice(1, None))):

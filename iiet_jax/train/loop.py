@@ -30,6 +30,7 @@ import jax
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.data.loader import make_loaders
+from iiet_jax.models import registry
 from iiet_jax.parallel import multihost
 from iiet_jax.parallel.preemption import Preemption
 from iiet_jax.train import flops
@@ -213,6 +214,8 @@ def _header(config, plan, training_for, loaders) -> str:
   from iiet_jax.parallel import mesh as mesh_lib
   last = training_for(plan[-1])
   cfg = last.model.config
+  iterations = (cfg.iterations if registry.get(cfg.arch).implicit_iterations
+                else "-")
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   params = f"{count(last.abstract_state.params):,} ({cfg.arch})"
   if len(plan) > 1:
@@ -226,7 +229,7 @@ def _header(config, plan, training_for, loaders) -> str:
   return "\n".join([
       f"model      {config.get('variant', cfg.arch)} ({cfg.arch}, "
       f"{cfg.num_layers} layers, d={cfg.d_model}, iterations="
-      f"{cfg.iterations if cfg.arch == 'iiet' else '-'})",
+      f"{iterations})",
       f"parameters {params}",
       f"NFE        {sum(cfg.block_evaluations_per_layer())} block "
       f"evaluations per token ({cfg.arch})",
