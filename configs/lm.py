@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import ml_collections
 
+from iiet_jax.models import registry
 from iiet_jax.parallel import sharding
 
-MODELS = ("transformer", "pcformer", "iiet")
+# The architectures (iiet_jax/models/registry.py).
+MODELS = registry.NAMES
 
 # layers, width, heads, MLP width, tied head (SPEC.md section 7).
 SIZES = {
@@ -122,7 +124,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.total_steps = 600 if tiny else 30000
   # Two-stage recipe (SPEC.md 5): Transformer++ for this share of the steps,
   # then the configured IIET / PCformer. 0 trains it from the start.
-  config.switch_at = 0.0 if variant["model"] == "transformer" else 0.75
+  config.switch_at = 0.75 if registry.get(variant["model"]).history else 0.0
   # How the history parameters start at the switch (stages/switch_init.py):
   # history_init average (SPEC) | inherit; norm_init unit (SPEC) | fit;
   # history_lr_scale: the new parameters' learning rate x this after the
@@ -234,13 +236,14 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
 def get_sweep(arg: str | None = None) -> list[dict]:
   """`iiet sweep`: the paper's ablations, one run per dict of overrides.
 
-  IIET: implicit iterations r = 1, 2, 3; PCformer: RK order 2 and 4;
-  Transformer++: peak learning rate.
+  Each architecture's `ablation` (models/registry.py): IIET implicit
+  iterations r = 1, 2, 3; PCformer RK order 2 and 4. Without one
+  (Transformer++): the peak learning rate.
   """
   model = parse_arg(arg or DEFAULT_ARG)["model"]
-  if model == "iiet":
-    return [{"model.iterations": r} for r in (1, 2, 3)]
-  if model == "pcformer":
-    return [{"model.pc_order": k} for k in (2, 4)]
+  ablation = registry.get(model).ablation
+  if ablation:
+    field, values = ablation
+    return [{f"model.{field}": v} for v in values]
   peak = get_config(arg).optimizer.peak_lr
   return [{"optimizer.peak_lr": peak * f} for f in (0.5, 1.0, 2.0)]

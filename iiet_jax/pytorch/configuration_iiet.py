@@ -9,6 +9,12 @@ Grouped-query attention (`num_key_value_heads`) and RoPE scaling
 
 from transformers import LlamaConfig
 
+# The architectures this model code runs (`iiet_arch`). These files ship
+# standalone in exports, so they keep their own list of what
+# iiet_jax/models/registry.py writes with this model_type
+# (tests/test_registry.py checks that the two agree).
+IIET_ARCHS = ("iiet", "pcformer")
+
 
 class IIETConfig(LlamaConfig):
   model_type = "iiet"
@@ -20,9 +26,9 @@ class IIETConfig(LlamaConfig):
 
   def __post_init__(self, **kwargs):
     super().__post_init__(**kwargs)
-    if self.iiet_arch not in ("iiet", "pcformer"):
+    if self.iiet_arch not in IIET_ARCHS:
       raise ValueError(f"iiet_arch={self.iiet_arch!r}: this model code runs "
-                       f"'iiet' and 'pcformer' (Transformer++ exports load "
+                       f"{', '.join(IIET_ARCHS)} (Transformer++ exports load "
                        f"as LlamaForCausalLM).")
     if self.iterations is None:
       self.iterations = [3] * self.num_hidden_layers
