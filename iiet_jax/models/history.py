@@ -17,9 +17,6 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from iiet_jax.models.config import ModelConfig
-# Per architecture in the registry; re-exported for the code that merges
-# and scales any model's tree.
-from iiet_jax.models.registry import HISTORY_PARAMS  # noqa: F401
 from iiet_jax.models.layers import DecoderBlock, LayerNorm, param
 from iiet_jax.models.stack import LayerStack
 

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import jax
 
-from iiet_jax.models.history import HISTORY_PARAMS  # noqa: F401  (re-export)
+# Every architecture's history parameters (the switch's allow_new).
+from iiet_jax.models.registry import HISTORY_PARAMS  # noqa: F401  (re-export)
 from iiet_jax.errors import UserError
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from iiet_jax.models.history import HISTORY_PARAMS
+from iiet_jax.models.registry import HISTORY_PARAMS
 from iiet_jax.parallel import sharding as shd
 from iiet_jax.train.loss import batch_sums
 from iiet_jax.train.state import TrainState
