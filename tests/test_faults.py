@@ -30,7 +30,7 @@ from iiet_jax import storage
 from iiet_jax.data import corpus
 from iiet_jax.data import shards
 from iiet_jax.data import sources
-from training import read_metrics, run_config
+from training import NoData, read_metrics, run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "fault_worker.py"
@@ -161,19 +161,6 @@ def test_full_disk_while_checkpointing(tmp_path, reference, fault):
   _assert_same_losses(workdir, losses)
 
 
-class _NoData:
-  """Stands in for the data iterator."""
-
-  def get_state(self) -> bytes:
-    return b"{}"
-
-  def set_state(self, state) -> None:
-    self.state = state
-
-  def start_prefetch(self) -> None:
-    pass
-
-
 @contextlib.contextmanager
 def _file_size_limit(limit: int):
   """Writes past `limit` bytes fail with EFBIG (SIGXFSZ would kill us)."""
@@ -194,10 +181,10 @@ def test_failed_background_write_is_a_clear_error(tmp_path):
   directory = tmp_path / "checkpoints"
   state = {"w": jax.numpy.arange(48 * 1024, dtype=jax.numpy.float32)}
   checkpoints = ckpt_lib.Checkpoints(directory)
-  checkpoints.save(1, state, _NoData(), {}, {"phase": "one"})
+  checkpoints.save(1, state, NoData(), {}, {"phase": "one"})
   checkpoints.wait()
   with _file_size_limit(64 * 1024):
-    checkpoints.save(2, state, _NoData(), {}, {"phase": "one"})
+    checkpoints.save(2, state, NoData(), {}, {"phase": "one"})
     with pytest.raises(ckpt_lib.CheckpointWriteError) as err:
       checkpoints.wait()
   checkpoints.close()  # quiet: the failure was reported
@@ -210,7 +197,7 @@ def test_failed_background_write_is_a_clear_error(tmp_path):
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       state)
-  restored = again.restore(abstract, _NoData())
+  restored = again.restore(abstract, NoData())
   assert again.steps() == [1]  # step 2's temporary directory is no step
   again.close()
   assert restored.step == 1 and not restored.skipped

@@ -11,7 +11,7 @@ from iiet_jax import stages
 from iiet_jax.stages import pretrain
 from iiet_jax.train import merge as merge_lib
 from iiet_jax.train.build import build_training
-from training import (batches, read_metrics, run_config, stop_after,
+from training import (NoData, batches, read_metrics, run_config, stop_after,
                       tiny_training_config)
 
 
@@ -170,14 +170,14 @@ def test_restore_onto_a_different_mesh(tmp_path):
   expected = _leaves(state)
 
   saver = ckpt_lib.Checkpoints(tmp_path / "ckpt")
-  saver.save(1, state, _Sink(), {}, ckpt_lib.describe(
+  saver.save(1, state, NoData(), {}, ckpt_lib.describe(
       training.model.config, "iiet"))
   saver.close()
 
   small = tiny_training_config("iiet", mesh=(2, 2, 1), preset="fsdp")
   other = build_training(small, devices=jax.devices()[:4])
   restored = ckpt_lib.Checkpoints(tmp_path / "ckpt").restore(
-      other.sharded_state(), _Sink())
+      other.sharded_state(), NoData())
   assert restored.step == 1
   got = _leaves(restored.state)
   assert got.keys() == expected.keys()
@@ -196,7 +196,7 @@ def test_warm_start_from_another_run(tmp_path, capsys):
   stages.train(cfg, tmp_path / "teacher")
   source = ckpt_lib.Checkpoints(tmp_path / "teacher" / "checkpoints")
   saved = source.restore(build_training(cfg).sharded_state(),
-                         _Sink())
+                         NoData())
   source.close()
   warm = run_config(tmp_path / "data", "iiet", total_steps=2)
   warm.init_from = str(tmp_path / "teacher")
@@ -214,25 +214,12 @@ def test_warm_start_from_another_run(tmp_path, capsys):
   assert int(state.step) == 0
 
 
-class _Sink:
-  """Stands in for the data iterator where a test has none."""
-
-  def get_state(self) -> bytes:
-    return b"{}"
-
-  def set_state(self, state) -> None:
-    self.state = state
-
-  def start_prefetch(self) -> None:
-    pass
-
-
 def test_keeps_the_newest_and_the_best(tmp_path):
   checkpoints = ckpt_lib.Checkpoints(tmp_path, keep=1, keep_best=1)
   state = {"w": jax.numpy.zeros(3)}
   for step, loss in zip(range(1, 6), [3.0, 1.0, 2.0, None, 4.0]):
     metrics = None if loss is None else {ckpt_lib.VALIDATION_METRIC: loss}
-    checkpoints.save(step, state, _Sink(), {}, {"phase": "x"}, metrics)
+    checkpoints.save(step, state, NoData(), {}, {"phase": "x"}, metrics)
   checkpoints.wait()
   assert checkpoints.steps() == [2, 5]  # best validation loss, newest
   checkpoints.close()

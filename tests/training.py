@@ -121,3 +121,17 @@ class stop_after:
   def __exit__(self, *exc):
     from iiet_jax.train.writers import MetricWriters
     MetricWriters.write = self._write
+
+
+class NoData:
+  """Stands in for a run's data iterator where a test checkpoints without
+  one (Checkpoints saves and restores the iterator's state with the model)."""
+
+  def get_state(self) -> bytes:
+    return b"{}"
+
+  def set_state(self, state) -> None:
+    self.state = state
+
+  def start_prefetch(self) -> None:
+    pass
