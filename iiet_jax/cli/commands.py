@@ -17,6 +17,16 @@ class UsageError(UserError):
   kind = "Usage"
 
 
+
+def _flag(F, name: str, default):
+  """A flag's value, or `default` where this command does not define it
+  (distill --dry_run reuses influence without its flags)."""
+  if name not in F:
+    return default
+  value = F[name].value
+  return default if value is None else value
+
+
 def _need(F, name: str, command: str, what: str) -> str:
   value = getattr(F, name)
   if value in (None, ""):
@@ -76,11 +86,11 @@ def sweep(F) -> None:
 def influence(F, workdir=None, batches=None, tau=None, budget=None) -> None:
   from iiet_jax.iiad import report, teacher
   workdir = workdir or _need(F, "workdir", "influence", "a trained IIET run")
-  tau = F.get_flag_value("tau", None) if tau is None else tau
-  budget = F.get_flag_value("budget", None) if budget is None else budget
-  ablation = F.get_flag_value("ablation", False)
+  tau = _flag(F, "tau", None) if tau is None else tau
+  budget = _flag(F, "budget", None) if budget is None else budget
+  ablation = _flag(F, "ablation", False)
   m = teacher.measure_run(
-      workdir, batches or F.get_flag_value("batches", 4), ablation, tau, budget,
+      workdir, batches or _flag(F, "batches", 4), ablation, tau, budget,
       progress=lambda t, k: print(f"  ablation layer {t + 1} iteration {k}",
                                   flush=True))
   print(f"teacher    {workdir} step {m.step}: iterations {m.iterations}; "

@@ -8,7 +8,7 @@ E the most evaluations any layer makes (ModelConfig.block_evaluations_per_layer)
 and the model's layer cores pick their slot by evaluation (models/iiet.py).
 Caching only the last evaluation per layer, as the authors' release does for
 IIET, feeds the predictor and early iterations keys they never saw in the full
-forward; tests/test_decode.py shows the mismatch.
+forward; tests/decode/test_decode.py shows the mismatch.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ Scanning is the default: compile time stays nearly flat in L (unrolled grows
 about linearly, 11x slower at L=24), and temporary memory grows by 1.5 MiB
 (three [B, T, D] float32 states) per layer, while the unrolled stack keeps
 17x more alive. `scan_layers=False` stays for debugging and per-layer
-inspection. tests/test_memory.py guards the linear growth.
+inspection. tests/models/test_memory.py guards the linear growth.
 """
 
 from __future__ import annotations

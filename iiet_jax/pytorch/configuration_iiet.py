@@ -12,7 +12,7 @@ from transformers import LlamaConfig
 # The architectures this model code runs (`iiet_arch`). These files ship
 # standalone in exports, so they keep their own list of what
 # iiet_jax/models/registry.py writes with this model_type
-# (tests/test_registry.py checks that the two agree).
+# (tests/models/test_registry.py checks that the two agree).
 IIET_ARCHS = ("iiet", "pcformer")
 
 

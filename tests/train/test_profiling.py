@@ -15,7 +15,7 @@ from iiet_jax import stages
 from iiet_jax.train import profiling
 from training import run_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_trace_of_the_chosen_steps_lands_in_tensorboard(tmp_path):

@@ -17,7 +17,7 @@ import torch
 from support import apply, init_params, random_tokens, small_config
 from iiet_jax.export import names
 from iiet_jax.models import ModelConfig
-from test_export import T, torch_logits, write_folder
+from export_folders import T, torch_logits, write_folder
 
 LLAMA3 = dict(rope_type="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
               rope_high_freq_factor=4.0, rope_original_max_positions=128)

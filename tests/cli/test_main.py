@@ -15,7 +15,7 @@ import pytest
 
 from training import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # One CPU device, as on a user's machine (conftest gives this process eight).
 ENV = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 MAIN = [sys.executable, "-m", "iiet_jax.main"]
@@ -114,6 +114,9 @@ def _train_until(tmp_path, workdir, step, sig):
   return proc.returncode, err
 
 
+# About 90 s; tests/test_faults.py and tests/parallel/test_multihost.py
+# cover a kill mid-checkpoint and SIGTERM in the default suite's time.
+@pytest.mark.slow
 def test_killed_and_terminated_runs_resume_exactly(tmp_path):
   base = _run([_config(tmp_path), f"--workdir={tmp_path / 'full'}",
                "--config.total_steps=10"])

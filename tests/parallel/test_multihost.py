@@ -16,8 +16,8 @@ from iiet_jax.train.build import build_training
 from training import (ROOT, batches, read_metrics, tiny_training_config,
                       write_counting_corpus)
 
-WORKER = Path(__file__).with_name("multihost_worker.py")
-PREEMPTION_WORKER = Path(__file__).with_name("preemption_worker.py")
+WORKER = Path(__file__).parents[1] / "multihost_worker.py"
+PREEMPTION_WORKER = Path(__file__).parents[1] / "preemption_worker.py"
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from tokenizer_texts import VOCAB, corpus_texts, sample_texts
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TEXT = "def f(x):\n\treturn x  # ünï 🙂\n"
 
 

@@ -20,7 +20,7 @@ from tokenizer_texts import VOCAB, corpus_texts
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
        "XLA_FLAGS": "--xla_backend_optimization_level=0"}
 MAIN = [sys.executable, "-m", "iiet_jax.main"]

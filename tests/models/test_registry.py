@@ -20,7 +20,7 @@ from iiet_jax.models.config import ConfigError, ModelConfig
 from iiet_jax.pytorch import configuration_iiet
 from iiet_jax.train import flops
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAMES = set(registry.NAMES)
 # Where naming architectures is the point, and why.
 EXEMPT = {

@@ -11,7 +11,7 @@ from iiet_jax.models import ModelConfig
 
 _spec = importlib.util.spec_from_file_location(
     "layer_stack_bench",
-    Path(__file__).resolve().parents[1] / "bench" / "layer_stack.py")
+    Path(__file__).resolve().parents[2] / "bench" / "layer_stack.py")
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 

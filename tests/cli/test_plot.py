@@ -17,7 +17,7 @@ from iiet_jax import plots
 from iiet_jax.iiad import report
 from iiet_jax.train.writers import MetricWriters
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAIN = [sys.executable, "-m", "iiet_jax.main"]
 CURVES_HWC = (420, 1100, 4)  # plots.training_curves: 11 x 4.2 in at 100 dpi
 
