@@ -114,7 +114,7 @@ def switch(state, fresh, model_config=None, switch_cfg=None,
   `residual_sums(params)` gives the
   Transformer++ residual-stream sums its norm fit needs."""
   params, report = merge_lib.merge(state.params, fresh.params,
-                                   allow_new=merge_lib.HISTORY_PARAMS)
+                                   allow_new=registry.HISTORY_PARAMS)
   if switch_cfg is not None:
     sums = None
     if switch_cfg.norm_init == "fit":
@@ -123,7 +123,7 @@ def switch(state, fresh, model_config=None, switch_cfg=None,
         params, model_config.arch, model_config.num_layers, switch_cfg, sums)
     report.update(init_report)
   opt_state, _ = merge_lib.merge(state.opt_state, fresh.opt_state,
-                                 allow_new=merge_lib.HISTORY_PARAMS,
+                                 allow_new=registry.HISTORY_PARAMS,
                                  what="opt_state")
   new = fresh.replace(step=state.step, params=params, opt_state=opt_state,
                       tokens_hi=state.tokens_hi, tokens_lo=state.tokens_lo)

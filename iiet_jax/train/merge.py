@@ -14,8 +14,6 @@ from typing import Any, Sequence
 
 import jax
 
-# Every architecture's history parameters (the switch's allow_new).
-from iiet_jax.models.registry import HISTORY_PARAMS  # noqa: F401  (re-export)
 from iiet_jax.errors import UserError
 
 

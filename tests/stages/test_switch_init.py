@@ -10,7 +10,6 @@ import pytest
 
 import reference as ref
 from iiet_jax import stages
-from iiet_jax.models import build_model
 from iiet_jax.stages import pretrain, switch_init
 from iiet_jax.train import merge as merge_lib
 from iiet_jax.train.build import build_training

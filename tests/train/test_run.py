@@ -9,6 +9,7 @@ import pytest
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import stages
 from iiet_jax.stages import pretrain
+from iiet_jax.models import registry
 from iiet_jax.train import merge as merge_lib
 from iiet_jax.train.build import build_training
 from training import (NoData, batches, read_metrics, run_config, stop_after,
@@ -204,7 +205,7 @@ def test_warm_start_from_another_run(tmp_path, capsys):
   # step 0 carries it (stages/pretrain.py), no allow-list needed.
   stages.train(warm, tmp_path / "student")
   assert "switched to iiet at step 0" in capsys.readouterr().out
-  warm.init_allow_new = merge_lib.HISTORY_PARAMS
+  warm.init_allow_new = registry.HISTORY_PARAMS
   training = build_training(warm)
   from iiet_jax.train import warm_start
   state = warm_start.load_params(training.init_state(0), training, warm)
