@@ -38,10 +38,19 @@ almost nothing. Rows (`--archs` picks a subset; ratios need their base row):
                    over torch_transformer; `jax_over_pytorch_tokens_per_s`
                    is JAX tokens/s over PyTorch tokens/s of the same ARCH.
                    Skipped, with the reason, when torch is not installed.
-                   Both runtimes share the process and its cores: on a
-                   machine busy with other work PyTorch's waiting threads
-                   slow every row (2 loaded cores: a 10x slower PyTorch
-                   step at 2 threads than at 1), so time on an idle machine.
+                   The twins live in a child process of their own
+                   (torch_twin.Worker), which never imports JAX and times
+                   their steps itself; the round-robin is the same, but
+                   this process waits while the child steps a row and the
+                   child waits while JAX steps one, so XLA's and PyTorch's
+                   thread pools never compete for the cores (in one
+                   process, 2 cores: PyTorch's OpenMP threads slowed the
+                   tiny JAX Transformer++ step from 106 to 129 ms, and
+                   making them passive slowed PyTorch's from 81 to 165 ms).
+                   On a machine busy with other work, threads beyond the
+                   free cores still slow PyTorch's own step (2 loaded
+                   cores: 10x slower at 2 threads than at 1), so time on an
+                   idle machine.
 
 The last line of output is one JSON object per run: {size: {row: {step_ms,
 tokens_per_s, time_ratio, flops_ratio (, iterations)}, "pytorch": {ARCH: {step_ms,
@@ -53,6 +62,7 @@ y}}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -120,6 +130,8 @@ def row_config(row: str, size: str, args):
 
 
 class JaxRun:
+  """A JAX row: its sharded train step, state and batch."""
+
   def __init__(self, cfg, tokens):
     self.training = build_training(cfg, devices=jax.devices()[:1])
     self.state = self.training.init_state(0)
@@ -132,6 +144,28 @@ class JaxRun:
     self.state, metrics = self.training.train_step(self.state, self.batch)
     jax.block_until_ready(metrics)
 
+  def timed_steps(self, n: int) -> list[float]:
+    """`n` train steps; the seconds each took."""
+    times = []
+    for _ in range(n):
+      start = time.perf_counter()
+      self.step()
+      times.append(time.perf_counter() - start)
+    return times
+
+
+class TorchRow:
+  """A torch_ row: its twin lives in the worker, which times its steps."""
+
+  def __init__(self, worker, row: str, source: JaxRun, cfg, tokens):
+    self.worker, self.row, self.flops = worker, row, source.flops
+    worker.build(row, torch_twin.spec_of(source.training.model.config,
+                                         source.params, tokens,
+                                         cfg.optimizer))
+
+  def timed_steps(self, n: int) -> list[float]:
+    return self.worker.steps(self.row, n)
+
 
 def rows_of(spec: str, parser) -> list[str]:
   rows = [r for r in spec.split(",") if r]
@@ -140,6 +174,87 @@ def rows_of(spec: str, parser) -> list[str]:
     parser.error(f"--archs: unknown {unknown}; choose from "
                  f"{', '.join(JAX_ROWS + TORCH_ROWS)}")
   return rows
+
+
+def build_runs(size: str, rows: list[str], args, worker) -> dict:
+  """Every row of `size`, built and warmed up: JAX rows first, then the
+  twins (in `worker`) from the initial parameters of their JAX rows."""
+  runs, jax_runs = {}, {}
+  vocab = load_config(f"model=transformer,size={size}").model.vocab_size
+  tokens = np.random.default_rng(0).integers(
+      0, vocab, (args.batch, args.seq_len)).astype(np.int32)
+  for row in sorted(rows, key=lambda r: r.startswith("torch_")):
+    cfg = row_config(row, size, args)
+    arch = row.removeprefix("torch_")
+    start = time.perf_counter()
+    if row.startswith("torch_"):
+      source = jax_runs.get(arch) or JaxRun(cfg, tokens)
+      runs[row] = TorchRow(worker, row, source, cfg, tokens)
+    else:
+      runs[row] = jax_runs[arch] = JaxRun(cfg, tokens)
+    runs[row].timed_steps(1)             # compile + warm-up
+    runs[row].times = []
+    print(f"{size} {row}: built and warmed up in "
+          f"{time.perf_counter() - start:.1f}s", flush=True)
+  return runs
+
+
+def time_rows(runs: dict, args) -> None:
+  """`rounds` rounds, each `steps` steps of every row in turn."""
+  for _ in range(args.rounds):
+    for run in runs.values():
+      run.times += run.timed_steps(args.steps)
+
+
+def report(size: str, runs: dict, args, skipped: str | None) -> dict:
+  """Prints the table of `size` and returns its JSON entry."""
+  n_tokens = args.batch * args.seq_len
+  has_torch = any(row.startswith("torch_") for row in runs)
+  print(f"\n{size}: batch {args.batch} x {args.seq_len}, "
+        f"{args.rounds * args.steps} timed steps each, float32, "
+        f"remat={args.remat}, {jax.devices()[0].device_kind}" +
+        (f", torch threads {args.torch_threads} in their own process"
+         if has_torch else ""))
+  print(f"{'row':18s} {'step ms':>9s} {'tokens/s':>10s} {'time ratio':>11s} "
+        f"{'FLOPs ratio':>12s} {'time/FLOPs':>11s}")
+  out, pytorch = {}, {}
+  for row, run in runs.items():
+    t = statistics.median(run.times)
+    torch_row = row.startswith("torch_")
+    base = runs.get("torch_transformer" if torch_row else "transformer")
+    entry = {"step_ms": round(1e3 * t, 2),
+             "tokens_per_s": round(n_tokens / t, 1)}
+    line = f"{row:18s} {1e3 * t:9.1f} {n_tokens / t:10.0f}"
+    if base is not None:
+      time_ratio = t / statistics.median(base.times)
+      flops_ratio = run.flops / base.flops
+      entry["time_ratio"] = round(time_ratio, 3)
+      if not torch_row:
+        entry["flops_ratio"] = round(flops_ratio, 3)
+      line += (f" {time_ratio:11.3f} {flops_ratio:12.3f} "
+               f"{time_ratio / flops_ratio:11.3f}")
+    if row.startswith("eiiet"):
+      entry["iterations"] = list(runs[row].training.model.config.iterations)
+    (pytorch if torch_row else out)[row.removeprefix("torch_")] = entry
+    print(line)
+  for arch, entry in pytorch.items():
+    if arch in out:
+      entry["jax_over_pytorch_tokens_per_s"] = round(
+          out[arch]["tokens_per_s"] / entry["tokens_per_s"], 3)
+  if pytorch or skipped:
+    out["pytorch"] = pytorch or {"skipped": skipped}
+  pairs = [f"{a} {e['jax_over_pytorch_tokens_per_s']:.3f}"
+           for a, e in pytorch.items() if "jax_over_pytorch_tokens_per_s" in e]
+  if pairs:
+    print("JAX tokens/s / PyTorch tokens/s: " + ", ".join(pairs))
+  for arch, control in NFE_CONTROLS.items():
+    if arch in runs and control in runs:
+      value = (statistics.median(runs[control].times) /
+               statistics.median(runs[arch].times))
+      out[f"{control}_over_equal_nfe_transformer"] = round(value, 3)
+      print(f"{control} step time / equal-NFE Transformer++ step time: "
+            f"{value:.3f}")
+  return out
 
 
 def main():
@@ -162,84 +277,15 @@ def main():
   if skipped:
     print(f"PyTorch rows skipped: {skipped}", flush=True)
     rows = [r for r in rows if r not in TORCH_ROWS]
-  else:
-    import torch
-    torch.set_num_threads(args.torch_threads)
 
   results = {}
-  for size in args.sizes.split(","):
-    runs, jax_runs = {}, {}
-    vocab = load_config(f"model=transformer,size={size}").model.vocab_size
-    tokens = np.random.default_rng(0).integers(
-        0, vocab, (args.batch, args.seq_len)).astype(np.int32)
-    for row in sorted(rows, key=lambda r: r.startswith("torch_")):
-      cfg = row_config(row, size, args)
-      arch = row.removeprefix("torch_")
-      start = time.perf_counter()
-      if row.startswith("torch_"):
-        source = jax_runs.get(arch) or JaxRun(cfg, tokens)
-        runs[row] = torch_twin.TorchRun(source.training.model.config,
-                                        source.params, tokens, cfg.optimizer)
-        runs[row].flops = source.flops
-      else:
-        runs[row] = jax_runs[arch] = JaxRun(cfg, tokens)
-      runs[row].step()                     # compile + warm-up
-      runs[row].times = []
-      print(f"{size} {row}: built and warmed up in "
-            f"{time.perf_counter() - start:.1f}s", flush=True)
-    for _ in range(args.rounds):
-      for run in runs.values():
-        for _ in range(args.steps):
-          start = time.perf_counter()
-          run.step()
-          run.times.append(time.perf_counter() - start)
-
-    n_tokens = args.batch * args.seq_len
-    print(f"\n{size}: batch {args.batch} x {args.seq_len}, "
-          f"{args.rounds * args.steps} timed steps each, float32, "
-          f"remat={args.remat}, {jax.devices()[0].device_kind}" +
-          (f", torch threads {args.torch_threads}"
-           if set(rows) & set(TORCH_ROWS) else ""))
-    print(f"{'row':18s} {'step ms':>9s} {'tokens/s':>10s} {'time ratio':>11s} "
-          f"{'FLOPs ratio':>12s} {'time/FLOPs':>11s}")
-    out, pytorch = {}, {}
-    for row, run in runs.items():
-      t = statistics.median(run.times)
-      torch_row = row.startswith("torch_")
-      base = runs.get("torch_transformer" if torch_row else "transformer")
-      entry = {"step_ms": round(1e3 * t, 2),
-               "tokens_per_s": round(n_tokens / t, 1)}
-      line = f"{row:18s} {1e3 * t:9.1f} {n_tokens / t:10.0f}"
-      if base is not None:
-        time_ratio = t / statistics.median(base.times)
-        flops_ratio = run.flops / base.flops
-        entry["time_ratio"] = round(time_ratio, 3)
-        if not torch_row:
-          entry["flops_ratio"] = round(flops_ratio, 3)
-        line += (f" {time_ratio:11.3f} {flops_ratio:12.3f} "
-                 f"{time_ratio / flops_ratio:11.3f}")
-      if row.startswith("eiiet"):
-        entry["iterations"] = list(runs[row].training.model.config.iterations)
-      (pytorch if torch_row else out)[row.removeprefix("torch_")] = entry
-      print(line)
-    for arch, entry in pytorch.items():
-      if arch in out:
-        entry["jax_over_pytorch_tokens_per_s"] = round(
-            out[arch]["tokens_per_s"] / entry["tokens_per_s"], 3)
-    if pytorch or skipped:
-      out["pytorch"] = pytorch or {"skipped": skipped}
-    pairs = [f"{a} {e['jax_over_pytorch_tokens_per_s']:.3f}"
-             for a, e in pytorch.items() if "jax_over_pytorch_tokens_per_s" in e]
-    if pairs:
-      print("JAX tokens/s / PyTorch tokens/s: " + ", ".join(pairs))
-    for arch, control in NFE_CONTROLS.items():
-      if arch in runs and control in runs:
-        value = (statistics.median(runs[control].times) /
-                 statistics.median(runs[arch].times))
-        out[f"{control}_over_equal_nfe_transformer"] = round(value, 3)
-        print(f"{control} step time / equal-NFE Transformer++ step time: "
-              f"{value:.3f}")
-    results[size] = out
+  # The worker starts first, so that it imports torch while JAX compiles.
+  with (torch_twin.Worker(args.torch_threads) if set(rows) & set(TORCH_ROWS)
+        else contextlib.nullcontext()) as worker:
+    for size in args.sizes.split(","):
+      runs = build_runs(size, rows, args, worker)
+      time_rows(runs, args)
+      results[size] = report(size, runs, args, skipped)
   print(json.dumps(results))
 
 
