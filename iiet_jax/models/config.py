@@ -18,8 +18,9 @@ from iiet_jax.errors import UserError
 from iiet_jax.models import registry
 
 ARCHITECTURES = registry.NAMES
-# "per_evaluation": rematerialise each block evaluation on its own and keep
-# its input and output (IIET / PCformer; for Transformer++ the same as full).
+# "per_evaluation": as "full" across the stack, and inside a recomputed layer
+# each block evaluation rematerialised on its own (IIET / PCformer; for
+# Transformer++ the same as full).
 REMAT_POLICIES = ("none", "full", "save_dots", "save_names", "per_evaluation")
 ATTENTION_IMPLS = ("xla", "cudnn", "splash", "auto")
 DTYPES = ("float32", "bfloat16", "float16")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from iiet_jax.models.config import ModelConfig
 from iiet_jax.models.layers import DecoderBlock, LayerNorm, param
@@ -92,18 +91,19 @@ class HistoryLayer(nn.Module):
     return self.corrector_norm(b_BTD), new_kv
 
   def evaluate(self, x_BTD, positions_BT, segment_ids_BT, cache=None):
-    """One block evaluation B_t(x). Under `remat_policy="per_evaluation"` it
-    is rematerialised on its own and its input and output are tagged for the
-    layer's policy to keep: the layer's backward then recomputes one
-    evaluation at a time instead of holding all 1 + r of them."""
+    """One block evaluation B_t(x). Under `remat_policy="per_evaluation"` the
+    layer keeps only its inputs across the stack (as under "full"), and each
+    evaluation is a remat of its own inside it: when the backward recomputes
+    the layer, it keeps the 1 + r evaluation inputs, not their internals,
+    and recomputes one evaluation's internals at a time (one more forward
+    of every block than "full")."""
     if self.config.remat_policy != "per_evaluation" or cache is not None:
       return self.block(x_BTD, positions_BT, segment_ids_BT, cache)
-    x_BTD = checkpoint_name(x_BTD, "evaluation_input")
     b_BTD, _ = nn.remat(
         lambda layer, x, p, s: layer.block(x, p, s, None),
         policy=jax.checkpoint_policies.nothing_saveable)(
             self, x_BTD, positions_BT, segment_ids_BT)
-    return checkpoint_name(b_BTD, "evaluation_output"), None
+    return b_BTD, None
 
   def output(self, s_BTD, c_prefix_BTD, layer_xs):
     """h_t = sum_j Wc[t, j] S_j."""

@@ -205,7 +205,9 @@ def _history_scan_fwd(runs, policy, params_L, mix_L2J, xs_L, shared, h0_BTD,
 def _history_scan_bwd(runs, policy, residuals, g_h_BTD):
   (params_L, mix_L2J, xs_L, shared, positions_BT, segment_ids_BT, states,
    kept) = residuals
-  g_states = jnp.zeros(states.shape, jnp.float32)
+  # The state cotangents are kept in the buffer's (compute) dtype, as plain
+  # reverse mode keeps a carry's; each layer adds its part in float32.
+  g_states = jnp.zeros(states.shape, states.dtype)
   g_shared = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), shared)
   g_params, g_mix, g_xs = [], [], []
   for (start, end, core), (layout, h_in, stacked) in reversed(
@@ -227,8 +229,9 @@ def _history_scan_bwd(runs, policy, residuals, g_h_BTD):
       # read, as two scaled adds (one fused pass; XLA:CPU ran the same
       # contraction as a dot 4x slower at 55M).
       mix32 = mix_2J.astype(jnp.float32)
-      g_states = g_states + sum(mix32[k][:, None, None, None] * g_mixes[k]
-                                for k in range(2))
+      g_states = (g_states.astype(jnp.float32)
+                  + sum(mix32[k][:, None, None, None] * g_mixes[k]
+                        for k in range(2))).astype(states.dtype)
       # dW[t, j] = <g_t, S_j>, one matrix-vector product per mix (written as
       # a [2, N] x [N, J] dot it ran 30x slower on XLA:CPU at 55M). Rows
       # j >= t of the final buffer were still zero when layer t read them:
@@ -255,7 +258,8 @@ def _history_scan_bwd(runs, policy, residuals, g_h_BTD):
   g_params = jax.tree.map(concat, *g_params)
   g_mix = concat(*g_mix)
   g_xs = jax.tree.map(concat, *g_xs)
-  g_h0 = (g_h_BTD.astype(jnp.float32) + g_states[0]).astype(g_h_BTD.dtype)
+  g_h0 = (g_h_BTD.astype(jnp.float32)
+          + g_states[0].astype(jnp.float32)).astype(g_h_BTD.dtype)
   g_shared = jax.tree.map(lambda g, x: g.astype(x.dtype), g_shared, shared)
   return g_params, g_mix, g_xs, g_shared, g_h0, None, None
 

@@ -71,9 +71,10 @@ def remat_policy(cfg: ModelConfig):
     return policies.dots_with_no_batch_dims_saveable
   if cfg.remat_policy == "save_names":
     return policies.save_only_these_names(*cfg.remat_save_names)
-  if cfg.remat_policy == "per_evaluation":  # see HistoryLayer.evaluate
-    return policies.save_only_these_names("evaluation_input",
-                                          "evaluation_output")
+  if cfg.remat_policy == "per_evaluation":
+    # The layer keeps only its inputs, as under "full"; inside it each block
+    # evaluation is rematerialised on its own (HistoryLayer.evaluate).
+    return policies.nothing_saveable
   raise ValueError(f"remat_policy {cfg.remat_policy!r} has no jax policy")
 
 
