@@ -38,6 +38,21 @@ that every layer read and rewrote whole), in the same session:
   full remat): 203 MiB -> 117 MiB; growth per layer 4.0 -> 1.5 MiB.
 - v5e-16 AOT, 256 x 2048, FSDP, full remat, 4 micro-batches: IIET 340m
   12.17 -> 7.51 GiB total per chip, 740m 18.35 (did not fit) -> 11.79 GiB.
+
+The state cotangents are kept in the compute dtype (bfloat16 in training),
+as plain reverse mode keeps those of a carried buffer, and each layer adds
+its part in float32. IIET 740m temporaries on v5e-16 (splash attention, same
+settings): 7.28 -> 6.69 GiB. Tried and dropped, measured at the same point:
+- the reads as weighted sums over the leading axis instead of dots (to
+  avoid TPU's padded [L+1]-minor layout of the buffer, 768 instead of 600
+  MiB, and its copy for the backward): XLA then keeps float32 copies of the
+  whole buffer instead, 6.69 GiB all the same;
+- the zero cotangents behind an optimization barrier (XLA sinks them into
+  the loop as a per-layer select, which double-buffers them): the copy goes,
+  yet temporaries rise, 7.28 -> 8.08 GiB with float32 cotangents and
+  5.84 -> 6.11 GiB with these under per_evaluation;
+- dW as the forward's contraction pattern on TPU (via
+  `lax.platform_dependent`): another layout copy, 7.43 GiB.
 """
 
 from __future__ import annotations
