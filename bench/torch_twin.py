@@ -94,6 +94,16 @@ def build(spec: dict):
   return model.float().train()
 
 
+def timed(step, n: int) -> list[float]:
+  """Runs `step` `n` times; the seconds each call took."""
+  times = []
+  for _ in range(n):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times
+
+
 class TorchRun:
   """The twin, its AdamW and the fixed batch; `step()` is one train step."""
 
@@ -139,13 +149,7 @@ class TorchRun:
     return loss.item()
 
   def timed_steps(self, n: int) -> list[float]:
-    """`n` train steps; the seconds each took."""
-    times = []
-    for _ in range(n):
-      start = time.perf_counter()
-      self.step()
-      times.append(time.perf_counter() - start)
-    return times
+    return timed(self.step, n)
 
 
 class WorkerError(RuntimeError):

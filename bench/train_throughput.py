@@ -146,12 +146,7 @@ class JaxRun:
 
   def timed_steps(self, n: int) -> list[float]:
     """`n` train steps; the seconds each took."""
-    times = []
-    for _ in range(n):
-      start = time.perf_counter()
-      self.step()
-      times.append(time.perf_counter() - start)
-    return times
+    return torch_twin.timed(self.step, n)
 
 
 class TorchRow:
