@@ -65,16 +65,15 @@ Array = jax.Array
 def remat_policy(cfg: ModelConfig):
   """The `jax.checkpoint` policy named by `model.remat_policy`."""
   policies = jax.checkpoint_policies
-  if cfg.remat_policy == "full":
+  if cfg.remat_policy in ("full", "per_evaluation"):
+    # per_evaluation: the layer keeps only its inputs, as under "full"; inside
+    # it each block evaluation is rematerialised on its own
+    # (HistoryLayer.evaluate).
     return policies.nothing_saveable
   if cfg.remat_policy == "save_dots":
     return policies.dots_with_no_batch_dims_saveable
   if cfg.remat_policy == "save_names":
     return policies.save_only_these_names(*cfg.remat_save_names)
-  if cfg.remat_policy == "per_evaluation":
-    # The layer keeps only its inputs, as under "full"; inside it each block
-    # evaluation is rematerialised on its own (HistoryLayer.evaluate).
-    return policies.nothing_saveable
   raise ValueError(f"remat_policy {cfg.remat_policy!r} has no jax policy")
 
 
