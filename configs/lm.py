@@ -211,6 +211,10 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       # stdlib | files | tfds | tokens (iiet_jax/data/sources.py).
       source="stdlib",
+      # The order of the training documents (shuffle and packing); unset,
+      # config.seed sets it, as it sets the initial weights. Set both to
+      # cross inits with data orders.
+      seed=ml_collections.config_dict.placeholder(int),
       paths=(),                 # files: files/dirs/globs; tokens: train files
       validation_paths=(),      # tokens: validation ArrayRecord files
       text_field="text",        # jsonl field / parquet column / TFDS feature

@@ -74,6 +74,9 @@ def check_config(config) -> None:
     raise ConfigError(f"checkpoint.every={config.checkpoint.every} must be "
                       f">= 1 (steps).")
   data = config.data
+  if data.get("seed") is not None and data.seed < 0:
+    raise ConfigError(f"data.seed={data.seed} must be >= 0 (the data order; "
+                      f"unset, config.seed sets it).")
   if data.source not in sources.SOURCES:
     raise pipeline.PipelineError(
         f"data.source={data.source!r} is unknown; choose one of "

@@ -68,11 +68,14 @@ class PipelineConfig:
 
   @classmethod
   def from_config(cls, config) -> "PipelineConfig":
-    """From a run config: its batch shape, seed and `data` block."""
+    """From a run config: its batch shape, data order seed (`data.seed`,
+    else `seed`) and `data` block."""
     data = config.data
+    seed = data.get("seed")
     return cls(batch_size=config.batch_size, seq_len=config.seq_len,
                packing=data.packing, packing_bins=data.packing_bins,
-               seed=config.seed, streams=data.streams, workers=data.workers)
+               seed=config.seed if seed is None else seed,
+               streams=data.streams, workers=data.workers)
 
   def batch_keys(self) -> tuple[str, ...]:
     return PACKED_KEYS if self.packing == "first_fit" else ("tokens", "mask")

@@ -51,6 +51,28 @@ def scale_history_updates(updates, scale: float):
   return jax.tree_util.tree_map_with_path(pick, updates)
 
 
+# Parameter groups whose gradient norms every train step reports
+# (`grad_norm/<group>`), first matching regex on the path wins: the
+# embedding (and untied head), the history mix W / Wc and PCformer's alpha,
+# every normalisation (B_t's RMSNorms, LNp / LNc, the RK norms, the final
+# norm), and the rest of the blocks (attention and MLP weights).
+GRAD_GROUPS = (("embedding", r"^embedding|^head"),
+               ("history", r"decoder/history/|decoder/alpha$"),
+               ("norms", r"norm"),
+               ("blocks", r"."))
+
+
+def group_norms(tree) -> dict[str, jax.Array]:
+  """{group: global norm} over GRAD_GROUPS; groups absent from `tree` are
+  left out."""
+  groups: dict[str, list] = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    group = next(g for g, pattern in GRAD_GROUPS if re.search(pattern, name))
+    groups.setdefault(group, []).append(leaf)
+  return {g: optax.global_norm(leaves) for g, leaves in groups.items()}
+
+
 def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, micro_batches: int = 1,
                     z_loss: float = 0.0,
@@ -106,6 +128,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
         "tokens": sums["count"],
         "tokens_seen": new_state.tokens_seen,
     }
+    metrics.update({f"grad_norm/{g}": n
+                    for g, n in group_norms(grads).items()})
     metrics.update({k: v / count for k, v in sums.items()
                     if k not in ("nll", "z", "count")})
     return new_state, metrics

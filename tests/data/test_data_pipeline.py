@@ -105,6 +105,18 @@ def test_same_seed_same_batches_other_seed_other_batches(packing):
   assert not np.array_equal(first(0), first(1))
 
 
+def test_data_order_seed_defaults_to_the_run_seed_and_can_be_set_apart():
+  """config.data.seed orders the documents; unset, config.seed does."""
+  import ml_collections
+  def resolved(seed, data_seed):
+    data = dict(packing="first_fit", packing_bins=0, streams=0, workers=0,
+                seed=data_seed)
+    return pl.PipelineConfig.from_config(ml_collections.ConfigDict(dict(
+        seed=seed, batch_size=4, seq_len=T, data=data))).seed
+  assert resolved(3, None) == 3
+  assert resolved(3, 0) == 0 and resolved(0, 5) == 5
+
+
 def _take(it, n):
   return [next(it) for _ in range(n)]
 
