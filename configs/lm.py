@@ -132,6 +132,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.switch = ml_collections.ConfigDict(dict(
       history_init="inherit", norm_init="unit", fit_batches=4,
       history_lr_scale=1.0))
+  # How W, Wc start when IIET / PCformer trains from step 0 (switch_at=0):
+  # average (SPEC.md) | inherit (W[t, t-1] = 1, Wc = I: a post-LayerNorm
+  # Transformer++ at step 0; stages/switch_init.py).
+  config.history_init = "average"
   config.log_every = 10 if tiny else 50       # metrics to screen and files
   config.eval_every = 100 if tiny else 1000   # validation passes
   # (a, b): a jax.profiler trace of steps a..b-1 in WORKDIR/tensorboard

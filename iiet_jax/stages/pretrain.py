@@ -48,8 +48,20 @@ def phases(config) -> list[Phase]:
   if not 0.0 <= switch_at < 1.0:
     raise PlanError(f"switch_at={switch_at} must lie in [0, 1): the share of "
                     f"steps trained as Transformer++ before the switch.")
+  history_init = config.get("history_init", "average")
+  if history_init not in switch_init.HISTORY_INITS:
+    raise PlanError(f"history_init={history_init!r}; choose one of "
+                    f"{', '.join(switch_init.HISTORY_INITS)}.")
   if switch_at == 0.0 and not _switch_from_init(config):
-    return [Phase(arch, 0, total, config)]
+    init = None
+    if history_init != "average":
+      if not registry.get(arch).history:
+        raise PlanError(
+            f"history_init={history_init!r} starts the history of IIET or "
+            f"PCformer, but model.arch={arch!r} has none; leave it "
+            f"'average'.")
+      init = functools.partial(_init_history, history_init)
+    return [Phase(arch, 0, total, config, init=init)]
   if "switch" in config:
     try:
       switch_init.check(config.switch)
@@ -88,6 +100,17 @@ def _switch_from_init(config) -> bool:
   from iiet_jax import checkpoint as ckpt_lib
   source = ckpt_lib.saved_run(config.init_from).model
   return source.get("arch", source.get("phase")) == registry.BASE
+
+
+def _init_history(history_init: str, state, training: Training):
+  """The first phase's `init` hook: the history of a run trained from step
+  0 starts as `history_init` (switch_init.py) instead of SPEC's averages;
+  `inherit` makes the initial IIET a post-LayerNorm Transformer++."""
+  cfg = training.model.config
+  params, _ = switch_init.initialise(
+      state.params, cfg.arch, cfg.num_layers,
+      switch_init.SwitchInit(history_init=history_init, norm_init="unit"))
+  return state.replace(params=params), f"history {history_init}, norms unit"
 
 
 def _enter(config, state, training: Training, previous: Training, loaders):

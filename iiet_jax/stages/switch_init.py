@@ -35,6 +35,7 @@ the measured jumps of every combination are in docs/reproduction.md.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterable
 
 import jax
@@ -49,6 +50,13 @@ from iiet_jax.errors import UserError
 
 HISTORY_INITS = ("average", "inherit")
 NORM_INITS = ("unit", "fit")
+
+
+@dataclasses.dataclass(frozen=True)
+class SwitchInit:
+  """The fields of a config's `switch` block that `initialise` reads."""
+  history_init: str = "inherit"
+  norm_init: str = "unit"
 
 
 class SwitchInitError(UserError, ValueError):

@@ -52,6 +52,9 @@ class Phase:
   # (state of the phase before, this phase's Training, the one before's,
   # loaders) -> (state, what changed): how a later phase takes over.
   enter: Callable | None = None
+  # (fresh state, this phase's Training) -> (state, what changed): how the
+  # first phase's parameters start when the run starts fresh (not resumed).
+  init: Callable | None = None
   # (state, Training, validation batches, feed) -> final metrics (last phase).
   report: Callable | None = None
 
@@ -112,6 +115,9 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
     else:
       phase_name = plan[0].name
       state = training_for(plan[0]).init_state(config.seed)
+      if plan[0].init is not None:
+        state, change = plan[0].init(state, training_for(plan[0]))
+        writers.event(0, f"initialised: {change}")
       if config.init_from:
         state = warm_start.load_params(state, training_for(plan[0]), config)
         writers.event(0, f"warm start: parameters from {config.init_from}")
