@@ -37,6 +37,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from iiet_jax.runs import finished_summary
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/reproduce.py:size=tiny,system={system}"
 
@@ -75,18 +77,6 @@ def plan(groups: list[str]) -> list[dict]:
   return runs
 
 
-def finished(workdir: Path) -> dict | None:
-  """The run's summary if it ran to total_steps, else None."""
-  path = workdir / "summary.json"
-  if not path.exists():
-    return None
-  summary = json.loads(path.read_text())
-  if summary.get("preempted") or summary.get("steps") != summary.get(
-      "total_steps", summary.get("steps")):
-    return None
-  return summary
-
-
 def command(run: dict, workdir: Path) -> list[str]:
   cmd = [sys.executable, "-m", "iiet_jax.main", "train",
          f"--config={CONFIG.format(system=run['system'])}",
@@ -111,7 +101,7 @@ def train(run: dict, root: Path, cores: "queue.Queue[int]") -> float:
     seconds = time.perf_counter() - start
   finally:
     cores.put(core)
-  if code or finished(workdir) is None:
+  if code or finished_summary(workdir) is None:
     raise RuntimeError(f"{run['name']} did not finish (exit {code}); see "
                        f"{workdir}/train.log. Rerun to resume.")
   return seconds
@@ -132,7 +122,7 @@ def measurements(run: dict, workdir: Path) -> dict:
     steps[row["step"]] = row
   rows = [steps[s] for s in sorted(steps)]
   keys = ["loss"] + sorted(k for k in rows[0] if k.startswith("grad_norm"))
-  summary = finished(workdir)
+  summary = finished_summary(workdir)
   return dict(
       variant=run["variant"], data_seed=run["data_seed"], seed=run["seed"],
       overrides=run["overrides"],
@@ -154,7 +144,7 @@ def main() -> None:
   results = (json.loads(results_path.read_text()) if results_path.exists()
              else {"runs": {}})
   runs = plan(args.groups.split(","))
-  todo = [r for r in runs if finished(root / r["name"]) is None]
+  todo = [r for r in runs if finished_summary(root / r["name"]) is None]
   print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished",
         flush=True)
   cores: "queue.Queue[int]" = queue.Queue()

@@ -15,7 +15,8 @@ split (bench/choice_task.py); times E-IIET decoding as bench/decode.py does;
 then writes docs/reproduction.md with its plots (docs/reproduction/*.png,
 matplotlib) from the numbers in ROOT/results.json.
 
-Resumable: a finished run (summary.json) is reused, an unfinished one
+Resumable: a finished run (its summary.json at total_steps, not preempted)
+is reused, an unfinished or preempted one
 continues from its newest checkpoint, exports and scores are cached per run.
 The two-stage runs start from a copy of their seed's Transformer++
 checkpoint at the switch step: the same state, data position and schedule
@@ -44,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import choice_task  # noqa: E402  (bench/ siblings)
+from iiet_jax.runs import finished_summary  # noqa: E402
 
 # E-IIET: share of IIET's iterations kept; 1.0 is the control, the same
 # distillation steps with no cut (distilling is also extra training).
@@ -121,9 +123,8 @@ def seed_from_transformer(run: Run, root: Path, size: str) -> None:
 
 def train(run: Run, root: Path, size: str) -> dict:
   """Runs (or resumes, or reads) one run; returns its summary + timing."""
-  summary = run.workdir / "summary.json"
   timing = run.workdir / "wall.json"
-  if not summary.exists():
+  if finished_summary(run.workdir) is None:
     if run.system.startswith("two_stage"):
       seed_from_transformer(run, root, size)
     command = "distill" if run.system == "eiiet" else "train"
@@ -143,7 +144,10 @@ def train(run: Run, root: Path, size: str) -> dict:
     if code:
       raise SystemExit(f"{run.name} failed (exit {code}); see "
                        f"{run.workdir}/train.log. Rerun to resume.")
-  out = json.loads(summary.read_text())
+  out = finished_summary(run.workdir)
+  if out is None:
+    raise SystemExit(f"{run.name} stopped before its last step; see "
+                     f"{run.workdir}/train.log. Rerun to resume.")
   out["wall_s"] = (json.loads(timing.read_text())["seconds"]
                    if timing.exists() else None)
   return out

@@ -182,7 +182,6 @@ def collect(runs, summaries, scores, jumps, costs, size, root: Path,
              "systems": systems, "curves": curves,
              "switch_curves": switch_curves, "jumps": jumps,
              "decode_costs": costs, "pooled_std": pooled}
-  results["claims"] = claims(results)
   return results
 
 
@@ -317,7 +316,7 @@ def write(results: dict, path: Path) -> None:
   from reproduction_markdown import render
   from reproduction_plots import draw
   path = Path(path)
-  results["claims"] = claims(results)
+  results = {**results, "claims": claims(results)}   # derived, never stored
   figures = draw(results, path.parent / "reproduction")
   path.write_text(render(results, {k: v.relative_to(path.parent)
                                    for k, v in figures.items()}))

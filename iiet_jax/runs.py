@@ -32,6 +32,22 @@ class OpenRun:
   params: object
 
 
+def finished_summary(workdir) -> dict | None:
+  """The summary.json of a run that reached its total_steps, else None: a
+  run stopped early (SIGTERM, `preempted: true`) writes one too, and is
+  resumed, not reported."""
+  from etils import epath
+  import json
+  path = epath.Path(workdir) / "summary.json"
+  if not path.exists():
+    return None
+  summary = json.loads(path.read_text())
+  if summary.get("preempted") or (
+      summary.get("steps", 0) < summary.get("total_steps", 0)):
+    return None
+  return summary
+
+
 def open_run(workdir: str, batch_keys=("tokens",),
              step: int | None = None) -> OpenRun:
   """A checkpoint of `workdir` (default: the newest readable one) as a

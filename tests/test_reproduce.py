@@ -105,3 +105,30 @@ def test_quick_reproduction_runs_every_system_end_to_end(tmp_path):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0 and "training (log" not in again.stdout
   assert json.loads(again.stdout.strip().splitlines()[-1]) == last
+
+
+def test_committed_report_is_rendered_from_the_committed_results(tmp_path):
+  """docs/reproduction.md holds nothing results.json does not: rendered
+  again from it, it is the same text, and results.json stores no verdicts."""
+  results = json.loads((ROOT / "docs" / "reproduction" / "results.json")
+                       .read_text())
+  assert "claims" not in results, "verdicts are derived, never stored"
+  out = tmp_path / "reproduction.md"
+  reproduction_report.write(results, out)
+  committed = (ROOT / "docs" / "reproduction.md").read_text()
+  assert out.read_text() == committed, (
+      "docs/reproduction.md differs from what its results.json renders; "
+      "run python bench/reproduction_report.py docs/reproduction/results.json")
+
+
+@pytest.mark.parametrize("summary,done", [
+    ({"steps": 600, "total_steps": 600, "preempted": False}, True),
+    ({"steps": 14, "total_steps": 600, "preempted": True}, False),
+    ({"steps": 600, "total_steps": 600, "preempted": True}, False),
+    ({"steps": 300, "total_steps": 600}, False), (None, False)])
+def test_only_a_run_at_its_last_step_counts_as_finished(tmp_path, summary,
+                                                        done):
+  from iiet_jax.runs import finished_summary
+  if summary is not None:
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+  assert (finished_summary(tmp_path) is not None) == done

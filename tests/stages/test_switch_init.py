@@ -193,3 +193,55 @@ def test_resume_across_a_fitted_switch_is_exact(tmp_path):
   assert resumed["steps"] == full["steps"] == 8
   for step in range(5, 9):
     assert again[step][-1] == straight[step][-1], step
+
+
+@pytest.mark.parametrize("arch", ["iiet", "pcformer"])
+def test_history_init_inherit_starts_a_from_scratch_run_as_the_switch_does(
+    arch):
+  """`history_init=inherit` with switch_at=0: the first phase's init hook
+  sets W, Wc (and PCformer's alpha) as the inheriting switch does and
+  leaves every other parameter at its random init."""
+  cfg = tiny_training_config(arch)
+  cfg.switch_at, cfg.history_init = 0.0, "inherit"
+  (phase,) = pretrain.phases(cfg)
+  training = build_training(cfg, devices=jax.devices()[:1])
+  fresh = training.init_state(0)
+  state, change = phase.init(fresh, training)
+  assert change == "history inherit, norms unit"
+  before, after = _leaves(fresh.params), _leaves(state.params)
+  w, wc = switch_init.history_matrices(cfg.model.num_layers)
+  np.testing.assert_array_equal(after["decoder/history/weight"], w)
+  np.testing.assert_array_equal(after["decoder/history/weight_c"], wc)
+  changed = {k for k in before if not np.array_equal(before[k], after[k])}
+  expected = {"decoder/history/weight", "decoder/history/weight_c"}
+  if arch == "pcformer":
+    expected.add("decoder/alpha")
+    assert float(after["decoder/alpha"][0]) == 0.0
+  assert changed == expected
+  # The SPEC default adds no hook.
+  cfg.history_init = "average"
+  assert pretrain.phases(cfg)[0].init is None
+
+
+def test_history_init_errors_name_the_value_and_the_fix():
+  cfg = tiny_training_config("iiet")
+  cfg.switch_at, cfg.history_init = 0.0, "newest"
+  with pytest.raises(pretrain.PlanError, match="history_init='newest'"):
+    pretrain.phases(cfg)
+  cfg = tiny_training_config("transformer")
+  cfg.switch_at, cfg.history_init = 0.0, "inherit"
+  with pytest.raises(pretrain.PlanError, match="has none; leave it"):
+    pretrain.phases(cfg)
+
+
+def test_history_init_runs_once_and_not_on_resume(tmp_path):
+  cfg = run_config(tmp_path / "data", "iiet", total_steps=2)
+  cfg.history_init = "inherit"
+  stages.train(cfg, tmp_path / "run")
+  cfg.total_steps = 4
+  stages.train(cfg, tmp_path / "run")
+  _, events = read_metrics(tmp_path / "run")
+  inits = [e for e in events if e["event"].startswith("initialised")]
+  assert [e["event"] for e in inits] == ["initialised: history inherit, "
+                                         "norms unit"]
+  assert any(e["event"].startswith("resumed from step 2") for e in events)
