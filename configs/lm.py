@@ -238,6 +238,7 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
       streams=0,                # fixed global batch layout; 0: one / process
       workers=0 if tiny else 4,  # multiprocess prefetch
       eval_batches=8 if tiny else 64,  # cap on one validation pass
+      eval_doc_tokens=0,        # > 0: each validation document's first N
   ))
 
 

@@ -41,7 +41,8 @@ def make_loaders(config, process_index: int | None = None,
   spec = pipeline.PipelineConfig.from_config(config)
   validation = pipeline.validation_batches(
       inputs.validation, inputs.to_ids, spec, config.data.eval_batches,
-      process_index, process_count)
+      process_index, process_count,
+      doc_tokens=config.data.get("eval_doc_tokens", 0))
   train = pipeline.TrainIterator(pipeline.train_dataset(
       inputs.train, inputs.to_ids, spec, process_index, process_count))
   return Loaders(train, validation, inputs.tokenizer, spec.batch_keys(),

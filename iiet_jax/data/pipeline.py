@@ -233,11 +233,24 @@ class TrainIterator:
       close()
 
 
+class FirstTokens:
+  """A document's ids -> its first `limit` ids (a picklable map)."""
+
+  def __init__(self, to_ids: Callable, limit: int):
+    self.to_ids, self.limit = to_ids, limit
+
+  def __call__(self, record) -> np.ndarray:
+    return self.to_ids(record)[:self.limit]
+
+
 def validation_batches(source, to_ids: Callable, config: PipelineConfig,
                        max_batches: int | None = None,
-                       process_index: int = 0, process_count: int = 1
-                       ) -> list[dict[str, np.ndarray]]:
+                       process_index: int = 0, process_count: int = 1,
+                       doc_tokens: int = 0) -> list[dict[str, np.ndarray]]:
   """One deterministic pass over the validation split, in stored order.
+
+  `doc_tokens` > 0 reads only the first that many tokens of each document,
+  so that no long document dominates a pass of many documents.
 
   Every process packs the same rows (so all agree on the number of batches,
   which they must: each batch is one collective step) and keeps its slice.
@@ -247,7 +260,12 @@ def validation_batches(source, to_ids: Callable, config: PipelineConfig,
   if config.batch_size % process_count:
     raise PipelineError(f"batch_size={config.batch_size} does not split over "
                         f"{process_count} processes.")
+  if doc_tokens < 0:
+    raise PipelineError(f"eval_doc_tokens={doc_tokens} must be >= 0 (0 reads "
+                        f"whole documents).")
   docs = grain.MapDataset.source(source)
+  if doc_tokens:
+    to_ids = FirstTokens(to_ids, doc_tokens)
   pieces = token_stream(docs, to_ids, config)
   limit = None if max_batches is None else max_batches * config.batch_size
   packed = pack(pieces, config, rows=config.batch_size, seed=config.seed)

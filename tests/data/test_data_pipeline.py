@@ -203,6 +203,20 @@ def test_validation_is_sharded_over_processes_and_padded():
   _assert_same(capped, whole[:2])
 
 
+def test_validation_doc_tokens_keeps_each_documents_first_tokens():
+  """Each document contributes exactly its first min(n, cap) ids."""
+  cap = 10
+  batches = pl.validation_batches(_records(), TO_IDS, _config(),
+                                  doc_tokens=cap)
+  docs = _pieces_by_doc(batches)
+  assert sorted(docs) == list(range(len(LENGTHS)))
+  for d, n in enumerate(LENGTHS):
+    np.testing.assert_array_equal(np.concatenate(docs[d]),
+                                  _doc(d, min(n, cap)))
+  with pytest.raises(pl.PipelineError, match="eval_doc_tokens=-1"):
+    pl.validation_batches(_records(), TO_IDS, _config(), doc_tokens=-1)
+
+
 def test_validation_smaller_than_a_batch_is_an_error():
   with pytest.raises(pl.PipelineError, match="fewer than 64 tokens"):
     pl.validation_batches(_records([5, 9, 3]), TO_IDS, _config())
