@@ -3,11 +3,11 @@
   python bench/choice_task.py --config=configs/reproduce.py:size=tiny \
       --out=runs/reproduce/choice_task [--items=500] [--seed=0]
 
-Each item is a place in a validation document: the context is up to
-`CONTEXT` characters before it (starting at a line start), the right answer
-the `CONTINUATION` characters after it, and three wrong answers are
-continuations of the same length from other, randomly drawn validation
-places. The model scores the four continuations by log-likelihood (lm-eval's
+Each item is a window of a validation document: the context is up to
+`CONTEXT` characters (starting at a line start), the right answer the
+`CONTINUATION` characters after it, and three wrong answers are the
+continuations of three other windows. Windows tile each document end to end,
+so no two items share a character of context or answer. The model scores the four continuations by log-likelihood (lm-eval's
 `multiple_choice`); `acc` is the share of items where the true continuation
 wins. Items come from a seeded generator over the documents, so the same
 config and seed give the same file on every machine; none is written by
@@ -51,39 +51,45 @@ metadata:
 """
 
 
-def _places(texts: list[str], rng: np.random.Generator, count: int):
-  """`count` (document, offset) pairs where a full continuation fits and
-  at least a line of context precedes, drawn uniformly over characters."""
-  sizes = np.array([max(len(t) - CONTINUATION - 40, 0) for t in texts],
-                   np.float64)
-  if sizes.sum() <= 0:
-    raise ValueError("the validation documents are too short for items")
+def _windows(texts: list[str]) -> list[tuple[int, int]]:
+  """Every (document, offset) of a continuation whose window (up to CONTEXT
+  characters before it, CONTINUATION after) tiles its document without
+  overlapping another's: windows of CONTEXT + CONTINUATION characters laid
+  end to end from each document's start, the continuation at each one's
+  end."""
+  width = CONTEXT + CONTINUATION
   out = []
-  while len(out) < count:
-    doc = int(rng.choice(len(texts), p=sizes / sizes.sum()))
-    offset = 40 + int(rng.integers(0, int(sizes[doc])))
-    text = texts[doc]
-    piece = text[offset:offset + CONTINUATION]
-    if piece.strip() and not piece.isspace():
-      out.append((doc, offset))
+  for doc, text in enumerate(texts):
+    for start in range(0, len(text) - width + 1, width):
+      offset = start + CONTEXT
+      piece = text[offset:offset + CONTINUATION]
+      if piece.strip():
+        out.append((doc, offset))
   return out
 
 
 def items(texts: list[str], count: int, seed: int) -> list[dict]:
-  """The task's items (see the module doc)."""
+  """The task's items (see the module doc): `count` disjoint windows drawn
+  without replacement (fewer if the documents hold fewer), each against
+  the continuations of three other windows."""
   rng = np.random.default_rng(seed)
-  places = _places(texts, rng, count * 4)
+  windows = _windows(texts)
+  if len(windows) < 4:
+    raise ValueError("the validation documents are too short for items")
+  order = rng.permutation(len(windows))
   out = []
-  for i in range(count):
-    doc, offset = places[4 * i]
+  for i in order[:count]:
+    doc, offset = windows[i]
     text = texts[doc]
-    start = max(0, offset - CONTEXT)
+    start = offset - CONTEXT
     line_start = text.find("\n", start, offset)
     if start > 0 and line_start != -1:
       start = line_start + 1
     true = text[offset:offset + CONTINUATION]
-    wrong = [texts[d][o:o + CONTINUATION] for d, o in places[4 * i + 1:
-                                                             4 * i + 4]]
+    others = rng.choice(len(windows) - 1, 3, replace=False)
+    others = [int(j) + (int(j) >= i) for j in others]   # never window i
+    wrong = [texts[d][o:o + CONTINUATION]
+             for d, o in (windows[j] for j in others)]
     if true in wrong:
       continue
     answer = int(rng.integers(0, 4))

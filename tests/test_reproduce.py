@@ -27,7 +27,7 @@ def _texts(seed=0, n=6):
 
 
 def test_choice_items_are_deterministic_and_point_at_the_true_continuation():
-  texts = _texts()
+  texts = _texts(n=20)
   items = choice_task.items(texts, 50, seed=3)
   assert items == choice_task.items(texts, 50, seed=3)
   assert items != choice_task.items(texts, 50, seed=4)
@@ -42,6 +42,27 @@ def test_choice_items_are_deterministic_and_point_at_the_true_continuation():
     assert len(item["context"]) <= choice_task.CONTEXT
     answers.add(answer)
   assert answers == {0, 1, 2, 3}   # the answer position is shuffled
+
+
+def test_choice_items_do_not_overlap():
+  """No character of one item's context or answer is in another item's."""
+  texts = _texts(n=10)
+  rows = choice_task.items(texts, 10_000, seed=1)
+  spans = []
+  for item in rows:
+    true = item["choices"][item["answer"]]
+    hits = [(d, t.find(item["context"] + true)) for d, t in enumerate(texts)
+            if item["context"] + true in t]
+    assert len(hits) == 1
+    d, start = hits[0]
+    spans.append((d, start, start + len(item["context"]) + len(true)))
+  spans.sort()
+  for (d1, _, e1), (d2, s2, _) in zip(spans, spans[1:]):
+    assert d1 != d2 or s2 >= e1
+  # As many items as windows fit (a few dropped when a wrong answer equals
+  # the true one).
+  width = choice_task.CONTEXT + choice_task.CONTINUATION
+  assert len(rows) >= 0.9 * sum(len(t) // width for t in texts)
 
 
 def test_choice_task_folder_is_an_lm_eval_task(tmp_path):
