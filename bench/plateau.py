@@ -5,8 +5,7 @@
 
 Two groups of tiny runs (configs/reproduce.py, 600 steps, the reproduction's
 recipe), each the real `iiet train` in a process of its own, `--workers` at a
-time (each pinned to one core, one XLA thread: 1.2x the throughput of one
-two-thread run here):
+time (bench/workers.py: one core and one XLA thread each):
 
   remedies   Transformer++ and every IIET start in VARIANTS on the 8 data
              orders SEARCH_ORDERS, which are not the reproduction's seeds
@@ -28,16 +27,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import queue
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from iiet_jax.runs import finished_summary
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import workers  # noqa: E402  (bench/ sibling)
+from iiet_jax.runs import finished_summary  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/reproduce.py:size=tiny,system={system}"
@@ -85,22 +84,14 @@ def command(run: dict, workdir: Path) -> list[str]:
   return cmd + [f"--config.{k}={v}" for k, v in run["overrides"].items()]
 
 
-def train(run: dict, root: Path, cores: "queue.Queue[int]") -> float:
+def train(run: dict, root: Path, cores: workers.Cores) -> float:
   """Trains (or resumes) one run on a free core; returns its wall seconds."""
   workdir = root / run["name"]
   workdir.mkdir(parents=True, exist_ok=True)
-  core = cores.get()
-  try:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"))
-    start = time.perf_counter()
-    with open(workdir / "train.log", "a") as log:
-      code = subprocess.run(["taskset", "-c", str(core), *command(run, workdir)],
-                            cwd=ROOT, stdout=log, stderr=log, env=env
-                            ).returncode
-    seconds = time.perf_counter() - start
-  finally:
-    cores.put(core)
+  start = time.perf_counter()
+  code = workers.run(command(run, workdir), workdir / "train.log", cores,
+                     ROOT)
+  seconds = time.perf_counter() - start
   if code or finished_summary(workdir) is None:
     raise RuntimeError(f"{run['name']} did not finish (exit {code}); see "
                        f"{workdir}/train.log. Rerun to resume.")
@@ -147,9 +138,7 @@ def main() -> None:
   todo = [r for r in runs if finished_summary(root / r["name"]) is None]
   print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished",
         flush=True)
-  cores: "queue.Queue[int]" = queue.Queue()
-  for core in range(args.workers):
-    cores.put(core % (os.cpu_count() or 1))
+  cores = workers.Cores(args.workers)
   lock = threading.Lock()
   started = time.perf_counter()
 

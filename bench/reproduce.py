@@ -39,17 +39,22 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import choice_task  # noqa: E402  (bench/ siblings)
+import workers  # noqa: E402
 from iiet_jax.runs import finished_summary  # noqa: E402
 
 # E-IIET: share of IIET's iterations kept; 1.0 is the control, the same
 # distillation steps with no cut (distilling is also extra training).
 BUDGETS = (0.25, 0.5, 1.0)
+# Accuracy items: disjoint windows of the held-out documents (about 1.3M
+# characters at tiny hold about 4,900 windows).
+ITEMS = 2000
 QUICK = {"total_steps": 40, "checkpoint.every": 10, "eval_every": 10,
          "log_every": 5, "optimizer.warmup_steps": 5,
          "data.eval_batches": 2}
@@ -121,8 +126,21 @@ def seed_from_transformer(run: Run, root: Path, size: str) -> None:
   shutil.copytree(source, run.workdir / "checkpoints" / str(step))
 
 
-def train(run: Run, root: Path, size: str) -> dict:
-  """Runs (or resumes, or reads) one run; returns its summary + timing."""
+def depends_on(run: Run) -> str | None:
+  """The run whose result this one starts from: a two-stage run copies its
+  seed's Transformer++ checkpoint, E-IIET distils IIET seed 0."""
+  if run.system.startswith("two_stage"):
+    return f"transformer/seed_{run.seed}"
+  if run.system == "eiiet":
+    return "iiet/seed_0"
+  return None
+
+
+def train(run: Run, root: Path, size: str, cores=None, after=None) -> dict:
+  """Runs (or resumes, or reads) one run, once `after` (the future of the
+  run it depends on) is done; returns its summary + timing."""
+  if after is not None:
+    after.result()
   timing = run.workdir / "wall.json"
   if finished_summary(run.workdir) is None:
     if run.system.startswith("two_stage"):
@@ -136,8 +154,7 @@ def train(run: Run, root: Path, size: str) -> dict:
     print(f"=== {run.name}: training (log {run.workdir}/train.log)",
           flush=True)
     start = time.perf_counter()
-    with open(run.workdir / "train.log", "a") as log:
-      code = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=log).returncode
+    code = workers.run(cmd, run.workdir / "train.log", cores, ROOT)
     spent = time.perf_counter() - start
     before = json.loads(timing.read_text())["seconds"] if timing.exists() else 0
     timing.write_text(json.dumps({"seconds": before + spent}))
@@ -210,6 +227,12 @@ def main() -> None:
   parser.add_argument("--root", default="runs/reproduce")
   parser.add_argument("--size", default="tiny")
   parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--workers", type=int, default=2,
+                      help="runs side by side, one core and one XLA thread "
+                      "each (bench/workers.py); 1: one run at a time on "
+                      "every core")
+  parser.add_argument("--items", type=int, default=None,
+                      help="accuracy items (default 2000; 100 with --quick)")
   parser.add_argument("--report", default=None,
                       help="markdown to write (default docs/reproduction.md; "
                       "ROOT/reproduction.md with --quick)")
@@ -222,13 +245,19 @@ def main() -> None:
                                 else ROOT / "docs" / "reproduction.md"))
   started = time.perf_counter()
   runs = plan(root, args.size, args.quick)
-  summaries = {}
-  for i, run in enumerate(runs, start=1):
-    print(f"[{i}/{len(runs)}] {run.name}", flush=True)
-    summaries[run.name] = train(run, root, args.size)
-    s = summaries[run.name]
-    loss = s.get("student_validation_loss", s["validation_loss"])
-    print(f"    validation loss {loss:.4f}, {s['wall_s']:.0f} s", flush=True)
+  summaries, futures = {}, {}
+  cores = workers.Cores(args.workers) if args.workers > 1 else None
+  # Submitted in plan order to a FIFO pool: a run's dependency was submitted
+  # before it, so it has started by the time the run waits for it.
+  with ThreadPoolExecutor(args.workers) as pool:
+    for run in runs:
+      futures[run.name] = pool.submit(train, run, root, args.size, cores,
+                                      futures.get(depends_on(run)))
+    for i, run in enumerate(runs, start=1):
+      s = summaries[run.name] = futures[run.name].result()
+      loss = s.get("student_validation_loss", s["validation_loss"])
+      print(f"[{i}/{len(runs)}] {run.name}: validation loss {loss:.4f}, "
+            f"{s['wall_s']:.0f} s", flush=True)
 
   print("=== switch jump (bench/switch_jump.py)", flush=True)
   jump_cache = root / "switch_jump.json"
@@ -251,7 +280,8 @@ def main() -> None:
     from iiet_jax import overrides as ov
     config, _ = ov.load_config_file(
         f"configs/reproduce.py:size={args.size},system=iiet")
-    choice_task.write(config, task_dir, 100 if args.quick else 500)
+    choice_task.write(config, task_dir,
+                      args.items or (100 if args.quick else ITEMS))
   scores = export_and_score(runs, task_dir)
 
   print("=== E-IIET decode cost (bench/decode.py's measurement)", flush=True)

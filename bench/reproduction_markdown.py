@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ORDER = ("transformer", "pcformer", "iiet", "two_stage", "two_stage_spec_init",
+ORDER = ("transformer", "pcformer", "iiet", "iiet_robust", "two_stage",
+         "two_stage_spec_init",
          "eiiet_budget0.25", "eiiet_budget0.5", "eiiet_budget1",
          "transformer_equal_flops",
-         "transformer_deep", "iiet_r1", "iiet_r2", "iiet_r4")
+         "transformer_deep", "iiet_r1", "iiet_r2", "iiet_r4", "iiet_r8")
 NOTES = Path(__file__).resolve().parents[1] / "docs" / "reproduction_notes.md"
 
 
@@ -26,16 +27,24 @@ def _signed(v, f):
   return "-" if v is None else format(v, "+" + f)
 
 
-def _paired(pair):
-  if not pair or pair[0] is None:
+def _paired(ci):
+  if not ci or ci.get("lo") is None:
     return "-"
-  return f"{pair[0]:+.4f} ± {pair[1]:.4f}"
+  return f"{ci['mean']:+.4f} [{ci['lo']:+.4f}, {ci['hi']:+.4f}]"
+
+
+def _held_out(results) -> str:
+  tokens = results.get("held_out_tokens")
+  if tokens is None:
+    return "8 batches of the validation split"
+  return (f"the held-out documents ({tokens:,.0f} tokens, each document's "
+          f"first 1,024)")
 
 
 def system_table(results) -> list[str]:
   lines = ["| system | NFE | parameters | seeds | validation loss | "
            "accuracy (%) | Δ loss vs T++ | Δ acc vs T++ (points) | "
-           "Δ loss vs T++, paired by seed | training FLOPs | wall time (s) |",
+           "Δ loss vs T++, paired by seed [95% CI] | training FLOPs | wall time (s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
   sy = results["systems"]
   for name in [n for n in ORDER if n in sy] + [n for n in sy
@@ -58,8 +67,7 @@ def claims_table(results) -> list[str]:
   for c in results["claims"]:
     verdict = c["verdict"]
     if "loss_verdict" in c:
-      verdict += (f" (on loss: {c['loss_verdict']}; paired by seed: "
-                  f"{c['paired_verdict']})")
+      verdict += f" (on loss: {c['loss_verdict']})"
     lines.append(f"| {c['claim']} | {c['paper']} | {c['ours']} | "
                  f"**{verdict}** |")
   return lines
@@ -110,7 +118,6 @@ def eiiet_table(results) -> list[str]:
 def render(results, figures: dict) -> str:
   sy = results["systems"]
   tf = sy.get("transformer", {})
-  pooled = results["pooled_std"]
   minutes = results["seconds"] / 60
   head = [
       "# Does IIET help? The paper's claims in miniature",
@@ -129,19 +136,23 @@ def render(results, figures: dict) -> str:
       f"- Size `{results['size']}` of configs/lm.py (4 layers, d=128, 4 "
       f"heads, vocabulary 2048), {tf.get('steps')} steps of 8 x 128 "
       f"tokens on the Python standard library corpus, peak LR 1e-3 with "
-      f"20 warm-up steps and cosine decay; every system sees the same "
-      f"batches for a given seed (seeds set init and data order).",
-      "- Validation loss: the fixed validation pass (8 batches). Accuracy: "
+      f"20 warm-up steps and cosine decay; seed s of every system trains "
+      f"on data order s from init s, so systems are compared paired by "
+      f"seed.",
+      f"- Validation loss: the fixed validation pass over "
+      f"{_held_out(results)}. Accuracy: "
       "lm-evaluation-harness on each run's Hugging Face export, task "
       f"`iiet_heldout_choice` (bench/choice_task.py): "
       f"{results.get('task_items')} items generated "
       "from the validation split, the true 32-character continuation of a "
       "held-out snippet against three from other held-out places; chance "
       "is 25%.",
-      f"- Seed spread (pooled std over the systems with 3 seeds): "
-      f"validation loss {_pm(pooled['loss'], None)}, accuracy "
-      f"{_pm(pooled['acc'], None, '.2f', 100)} points. A difference is "
-      f"called real only when it exceeds twice that.",
+      "- Verdicts (bench/stats.py): the difference between two systems on "
+      "the same seed, its mean over seeds and 95% Student-t interval. "
+      "*Reproduced*: the interval lies on the paper's side of zero; "
+      "*refuted*: it lies on the other side, or excludes the paper's "
+      "effect; otherwise *inconclusive*, with the effect this number of "
+      "seeds could detect (the interval's half-width).",
       "",
       "## Systems", "", *system_table(results), "",
       "NFE: block evaluations per token. Training FLOPs: analytic "

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stats  # noqa: E402  (bench/ sibling)
+
 LABELS = {
     "transformer": "Transformer++",
     "pcformer": "PCformer (RK2)",
@@ -24,7 +27,9 @@ LABELS = {
     "two_stage_spec_init": "two-stage IIET (SPEC init)",
     "transformer_equal_flops": "Transformer++, IIET's FLOPs",
     "transformer_deep": "Transformer++, 16 untied layers",
+    "iiet_robust": "IIET, robust start (history_init=inherit)",
     "iiet_r1": "IIET r=1", "iiet_r2": "IIET r=2", "iiet_r4": "IIET r=4",
+    "iiet_r8": "IIET r=8",
     "eiiet_budget0.25": "E-IIET (25% of iterations)",
     "eiiet_budget0.5": "E-IIET (50% of iterations)",
     "eiiet_budget1": "IIET + the same distillation (control)",
@@ -129,9 +134,6 @@ def collect(runs, summaries, scores, jumps, costs, size, root: Path,
         "losses": loss, "accs": acc,
         "acc_stderr": [scores[str(r.workdir)]["acc_stderr"] for r in group],
         "wall_s": [x.get("wall_s") for x in s]}
-    row["loss_mean"], row["loss_std"] = _mean_std(loss)
-    row["acc_mean"], row["acc_std"] = _mean_std(acc)
-    row["wall_s_mean"], _ = _mean_std(row["wall_s"])
     if iterations is not None:
       row["iterations"] = iterations
       row["teacher_loss"] = s[0].get("teacher_validation_loss")
@@ -144,7 +146,6 @@ def collect(runs, summaries, scores, jumps, costs, size, root: Path,
         tf = summaries.get(f"transformer/seed_{r.seed}", {}).get("wall_s")
         if tf is not None and row["wall_s"][i] is not None:
           row["wall_s"][i] += tf * facts["switch"] / facts["steps"]
-      row["wall_s_mean"], _ = _mean_std(row["wall_s"])
       switch_curves[name] = _curve([r.workdir for r in group], "train",
                                    prefix, facts["switch"])
     curves[name] = _curve([r.workdir for r in group], "validation", prefix,
@@ -152,26 +153,6 @@ def collect(runs, summaries, scores, jumps, costs, size, root: Path,
   if "transformer" in groups:
     switch_curves["transformer"] = _curve(
         [r.workdir for r in groups["transformer"]], "train", None, None)
-  tf = systems.get("transformer", {})
-  for name, row in systems.items():
-    if tf.get("loss_mean") is not None:
-      row["loss_vs_tf"] = row["loss_mean"] - tf["loss_mean"]
-      row["acc_vs_tf"] = 100 * (row["acc_mean"] - tf["acc_mean"])
-    # Paired: seed s of every system saw the batches of seed s, so the
-    # per-seed difference removes the data-order effect both share.
-    seeds = [r.seed for r in groups[name]]
-    if tf and row["seeds"] > 1 and name != "transformer":
-      dl = [row["losses"][i] - tf["losses"][s] for i, s in enumerate(seeds)]
-      da = [100 * (row["accs"][i] - tf["accs"][s])
-            for i, s in enumerate(seeds)]
-      row["paired_loss_vs_tf"] = _mean_std(dl)
-      row["paired_acc_vs_tf"] = _mean_std(da)
-  multi = [r for r in systems.values() if r["seeds"] > 1]
-  pooled = {
-      "loss": float(np.sqrt(np.mean([r["loss_std"] ** 2 for r in multi])))
-      if multi else None,
-      "acc": float(np.sqrt(np.mean([r["acc_std"] ** 2 for r in multi])))
-      if multi else None}
   items = next(iter(scores.values()))["items"] if scores else None
   results = {"size": size, "quick": quick, "seconds": seconds,
              "train_seconds": sum(x.get("wall_s") or 0.0
@@ -181,8 +162,43 @@ def collect(runs, summaries, scores, jumps, costs, size, root: Path,
                         f"{platform.python_version()}",
              "systems": systems, "curves": curves,
              "switch_curves": switch_curves, "jumps": jumps,
-             "decode_costs": costs, "pooled_std": pooled}
+             "decode_costs": costs,
+             "held_out_tokens": _held_out_tokens(runs[0].workdir)}
   return results
+
+
+def _held_out_tokens(workdir: Path) -> float | None:
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    row = json.loads(line)
+    if row.get("split") == "validation":
+      return row.get("tokens")
+  return None
+
+
+def derive(results: dict) -> dict:
+  """Everything the report shows beyond the measurements: per system the
+  mean and std over seeds, the difference to Transformer++ (and paired by
+  seed, with its 95% interval), and every claim's verdict. Never stored."""
+  systems = {}
+  for name, row in results["systems"].items():
+    row = dict(row)
+    row["loss_mean"], row["loss_std"] = _mean_std(row["losses"])
+    row["acc_mean"], row["acc_std"] = _mean_std(row["accs"])
+    row["wall_s_mean"], _ = _mean_std(row["wall_s"])
+    systems[name] = row
+  out = {**results, "systems": systems}
+  tf = systems.get("transformer")
+  for name, row in systems.items():
+    if tf is None:
+      break
+    row["loss_vs_tf"] = row["loss_mean"] - tf["loss_mean"]
+    row["acc_vs_tf"] = 100 * (row["acc_mean"] - tf["acc_mean"])
+    if name != "transformer" and row["seeds"] > 1:
+      # Seed s of every system saw the batches of seed s: the per-seed
+      # difference removes the data-order effect both share.
+      row["paired_loss_vs_tf"] = paired(out, "transformer", name, "losses")
+  out["claims"] = claims(out)
+  return out
 
 
 def _cpus() -> int:
@@ -190,57 +206,51 @@ def _cpus() -> int:
   return len(os.sched_getaffinity(0))
 
 
-def _verdict(diff, noise, sign=+1):
-  """reproduced / not reproduced / inconclusive for a claimed difference
-  of `sign`, real when |diff| > 2 * noise."""
-  if diff is None or noise is None:
-    return "inconclusive"
-  if abs(diff) <= 2 * noise:
-    return "inconclusive"
-  return "reproduced" if diff * sign > 0 else "not reproduced"
+def paired(results: dict, a: str, b: str, key: str, scale: float = 1.0):
+  """The 95% t interval over seeds of scale * (b's value - a's value) on
+  the same seed (same batches, same init), or None without two shared
+  seeds. `key`: "losses" or "accs"."""
+  sy = results["systems"]
+  xa, xb = sy.get(a, {}).get(key), sy.get(b, {}).get(key)
+  if not xa or not xb:
+    return None
+  n = min(len(xa), len(xb))
+  return stats.interval([scale * (xb[i] - xa[i]) for i in range(n)])
+
+
+def _ci(ci, f=".2f") -> str:
+  if ci is None:
+    return "-"
+  if ci["lo"] is None:
+    return f"{ci['mean']:+{f}} (one seed)"
+  return (f"{ci['mean']:+{f}} [{ci['lo']:+{f}}, {ci['hi']:+{f}}] "
+          f"(n={ci['n']})")
 
 
 def claims(results: dict) -> list[dict]:
-  sy, pooled = results["systems"], results["pooled_std"]
+  """Every claim of the paper with our paired interval and its verdict
+  (bench/stats.py): accuracy in points (the paper's measure) and loss in
+  nats, each as "how much better the claimed system is" on the same seed."""
+  sy = results["systems"]
   get = lambda name, key: sy.get(name, {}).get(key)
-  acc_noise = 100 * pooled["acc"] if pooled["acc"] is not None else None
-  out = []
-
-  def acc_diff(a, b):
-    if get(a, "acc_mean") is None or get(b, "acc_mean") is None:
-      return None
-    return 100 * (get(a, "acc_mean") - get(b, "acc_mean"))
-
-  def loss_diff(a, b):
-    if get(a, "loss_mean") is None or get(b, "loss_mean") is None:
-      return None
-    return get(a, "loss_mean") - get(b, "loss_mean")
-
   fmt = lambda v, f="+.2f": "-" if v is None else format(v, f)
-
-  def paired(a, b, key, scale=1.0):
-    """Mean and std over seeds of a's minus b's value on the same seed."""
-    xa, xb = get(a, key + "es" if key == "loss" else key + "s"), get(
-        b, key + "es" if key == "loss" else key + "s")
-    if not xa or not xb or len(xa) != len(xb) or len(xa) < 2:
-      return None, None
-    return _mean_std([scale * (u - v) for u, v in zip(xa, xb)])
-
-  for other, key, text in (
-      ("transformer", "iiet_vs_tf", "IIET beats Transformer++ by "
-       "+2.65 accuracy points"),
-      ("pcformer", "iiet_vs_pc", "IIET beats PCformer by +0.8 points")):
-    d = acc_diff("iiet", other)
-    dl = loss_diff("iiet", other)
-    pl, pl_std = paired("iiet", other, "loss")
-    pa, pa_std = paired("iiet", other, "acc", 100)
-    out.append({"claim": text, "paper": f"+{PAPER[key]}",
-                "ours": f"{fmt(d)} points, loss {fmt(dl, '+.4f')}; paired "
-                        f"by seed: {fmt(pa)} ± {fmt(pa_std, '.2f')} points, "
-                        f"loss {fmt(pl, '+.4f')} ± {fmt(pl_std, '.4f')}",
-                "verdict": _verdict(d, acc_noise),
-                "loss_verdict": _verdict(dl, pooled["loss"], -1),
-                "paired_verdict": _verdict(pl, pl_std, -1)})
+  out = []
+  for system, other, effect, text in (
+      ("iiet", "transformer", PAPER["iiet_vs_tf"],
+       "IIET beats Transformer++ by +2.65 accuracy points"),
+      ("iiet", "pcformer", PAPER["iiet_vs_pc"],
+       "IIET beats PCformer by +0.8 points"),
+      ("iiet_robust", "transformer", PAPER["iiet_vs_tf"],
+       "(ours) IIET with the robust start beats Transformer++")):
+    if system not in sy or other not in sy:
+      continue
+    acc = paired(results, other, system, "accs", 100)
+    loss = paired(results, system, other, "losses")   # other - system
+    out.append({"claim": text, "paper": f"+{effect}",
+                "ours": f"accuracy {_ci(acc)} points; loss lower by "
+                        f"{_ci(loss, '.3f')} nats",
+                "verdict": stats.verdict(acc, effect),
+                "loss_verdict": stats.verdict(loss, None)})
   tf_w, ii_w, ts_w = (get(n, "wall_s_mean") for n in
                       ("transformer", "iiet", "two_stage"))
   tf_f, ii_f, ts_f = (get(n, "train_flops") for n in
@@ -255,18 +265,25 @@ def claims(results: dict) -> list[dict]:
                       f"{fmt(cut_w and 100 * cut_w, '.0f')}% of the wall time",
               "verdict": "reproduced" if cut_w is not None and cut_w > 0.65
               else "not reproduced" if cut_w is not None else "inconclusive"})
-  g_ts, g_ii = loss_diff("transformer", "two_stage"), loss_diff(
-      "transformer", "iiet")
-  kept = g_ts / g_ii if g_ts is not None and g_ii else None
+  # Keeps most of the gain: per seed, two-stage's gain over Transformer++
+  # minus half of IIET's, > 0.
+  gain = paired(results, "iiet", "transformer", "losses")
+  ts, ii = sy.get("two_stage", {}).get("losses"), get("iiet", "losses")
+  tf = get("transformer", "losses")
+  kept = None
+  if ts and ii and tf:
+    n = min(len(ts), len(ii), len(tf))
+    kept = stats.interval([(tf[i] - ts[i]) - 0.5 * (tf[i] - ii[i])
+                           for i in range(n)])
+  if gain is None or gain["lo"] is None or gain["lo"] <= 0:
+    keep_verdict = "inconclusive (IIET shows no gain to keep)"
+  else:
+    keep_verdict = stats.verdict(kept, None)
   out.append({"claim": "two-stage keeps most of IIET's gain (loss gap to "
               "Transformer++)", "paper": "most",
-              "ours": f"{fmt(kept and 100 * kept, '.0f')}% of the gap "
-                      f"(two-stage {fmt(g_ts, '+.4f')}, IIET "
-                      f"{fmt(g_ii, '+.4f')} below Transformer++)",
-              "verdict": ("inconclusive" if g_ii is None
-                          or _verdict(g_ii, pooled["loss"]) != "reproduced"
-                          else _verdict(g_ts, pooled["loss"]) if kept is None
-                          or kept < 0.5 else "reproduced")})
+              "ours": f"IIET's gain {_ci(gain, '.3f')} nats; two-stage's "
+                      f"gain minus half of IIET's {_ci(kept, '.3f')}",
+              "verdict": keep_verdict})
   cheap, control = "eiiet_budget0.25", "eiiet_budget1"
   # Decode cost against IIET in the same (unrolled) layout: the control.
   cost = get(cheap, "decode_cost")
@@ -291,24 +308,40 @@ def claims(results: dict) -> list[dict]:
                       f"cost (vs IIET with unrolled layers, as E-IIET is "
                       f"served), {fmt(kept_acc and 100 * kept_acc, '.1f')}% of "
                       f"the accuracy of IIET with the same distillation "
-                      f"steps; loss {fmt(loss_diff(cheap, control), '+.4f')}",
+                      f"steps (one seed); loss "
+                      f"{fmt(get(cheap, 'loss_mean') - get(control, 'loss_mean') if get(cheap, 'loss_mean') is not None and get(control, 'loss_mean') is not None else None, '+.4f')}",
               "verdict": verdict})
-  d = acc_diff(cheap, "transformer")
+  # The cheapest student (seed 0) against Transformer++'s seeds: inside
+  # the spread of Transformer++'s own seeds it is no difference.
+  tf_accs = get("transformer", "accs") or []
+  d = (100 * (get(cheap, "acc_mean") - get("transformer", "acc_mean"))
+       if get(cheap, "acc_mean") is not None and tf_accs else None)
+  spread = (stats.interval([100 * a for a in tf_accs]) if len(tf_accs) > 1
+            else None)
   cost = get(cheap, "decode_cost")
   tf_cost = results["decode_costs"].get("transformer")
+  if d is None or spread is None:
+    cheap_verdict = "inconclusive"
+  elif abs(d) <= 2 * spread["sd"]:
+    cheap_verdict = (f"inconclusive (one student; within 2 sd of "
+                     f"Transformer++'s seeds, ±{2 * spread['sd']:.1f})")
+  else:
+    cheap_verdict = "reproduced" if d > PAPER["cheapest_vs_tf"] else \
+        "refuted"
   out.append({"claim": "the cheapest variant is > 1.6 points above "
               "Transformer++ at comparable speed", "paper": "> +1.6",
-              "ours": f"{fmt(d)} points at {fmt(cost and tf_cost and cost / tf_cost, '.2f')}x "
+              "ours": f"{fmt(d)} points at "
+                      f"{fmt(cost and tf_cost and cost / tf_cost, '.2f')}x "
                       f"Transformer++'s decode cost",
-              "verdict": _verdict(d, acc_noise)})
-  # The ablation runs seed 0 only: compare with IIET's seed 0.
-  r3 = (get("iiet", "losses") or [None])[0]
-  r4 = get("iiet_r4", "loss_mean")
+              "verdict": cheap_verdict})
+  # r = 8 against r = 3 on the seeds both ran (loss: positive = r=8 worse).
+  r8 = "iiet_r8" if "iiet_r8" in sy else "iiet_r4"
+  worse = paired(results, "iiet", r8, "losses")
   out.append({"claim": "r = 8 is slightly worse than smaller r",
               "paper": "slight drop at r=8",
-              "ours": f"r=8 not run; r=4 vs r=3 loss "
-                      f"{fmt(r4 - r3 if None not in (r3, r4) else None, '+.4f')}",
-              "verdict": "inconclusive"})
+              "ours": (f"r={r8[-1]} vs r=3 loss {_ci(worse, '.4f')}"
+                       + ("" if r8 == "iiet_r8" else " (r=8 not run)")),
+              "verdict": stats.verdict(worse, None)})
   return out
 
 
@@ -316,7 +349,7 @@ def write(results: dict, path: Path) -> None:
   from reproduction_markdown import render
   from reproduction_plots import draw
   path = Path(path)
-  results = {**results, "claims": claims(results)}   # derived, never stored
+  results = derive(results)
   figures = draw(results, path.parent / "reproduction")
   path.write_text(render(results, {k: v.relative_to(path.parent)
                                    for k, v in figures.items()}))

@@ -31,20 +31,21 @@ def detectable(sd: float | None, n: int, level: float = 0.95) -> float | None:
   return stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
 
 
-def verdict(ci: dict, effect: float) -> str:
-  """A claimed difference `effect` (> 0, in the sign of `ci`) judged by the
-  paired interval: reproduced when the interval lies above zero (and holds
-  the paper's effect), refuted when it excludes the paper's effect or lies
-  below zero, else inconclusive with the effect this design can detect."""
+def verdict(ci: dict, effect: float | None) -> str:
+  """A claimed difference `effect` (> 0, in the sign of `ci`; None: a
+  direction only) judged by the paired interval: reproduced when the
+  interval lies above zero (and holds the paper's effect), refuted when it
+  excludes the paper's effect or lies below zero, else inconclusive with
+  the effect this design can detect."""
   if ci is None or ci.get("lo") is None:
     return "inconclusive (one seed: no interval)"
   lo, hi = ci["lo"], ci["hi"]
   if hi < 0:
     return "refuted (the other direction)"
   if lo > 0:
-    return ("reproduced" if hi >= effect else
+    return ("reproduced" if effect is None or hi >= effect else
             f"reproduced in direction, below the paper's {effect:+g}")
-  if hi < effect:
+  if effect is not None and hi < effect:
     return f"refuted (the interval excludes the paper's {effect:+g})"
   half = (hi - lo) / 2
   return f"inconclusive (detectable: ±{half:.2g})"

@@ -78,15 +78,6 @@ def test_choice_task_folder_is_an_lm_eval_task(tmp_path):
   assert [m["metric"] for m in spec["metric_list"]] == ["acc", "acc_norm"]
 
 
-@pytest.mark.parametrize("diff,noise,sign,verdict", [
-    (0.5, 0.1, +1, "reproduced"), (-0.5, 0.1, +1, "not reproduced"),
-    (0.15, 0.1, +1, "inconclusive"), (-0.5, 0.1, -1, "reproduced"),
-    (0.5, None, +1, "inconclusive")])
-def test_a_difference_is_real_only_beyond_twice_the_pooled_std(diff, noise,
-                                                              sign, verdict):
-  assert reproduction_report._verdict(diff, noise, sign) == verdict
-
-
 @pytest.mark.slow
 def test_quick_reproduction_runs_every_system_end_to_end(tmp_path):
   root = tmp_path / "reproduce"
