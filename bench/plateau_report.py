@@ -300,7 +300,7 @@ def render(results, mechanism, figs: dict, base: Path) -> str:
       "",
       "## What each data order starts with",
       "",
-      *documents_table(results, mechanism, (*orders, *search)),
+      *documents_table(results, mechanism, search),
       "",
       "zlib ratio: compressed over raw size of a document (generated tables "
       "and dumps compress to a few percent, ordinary code to about 25%). "
