@@ -1,9 +1,9 @@
 """Why IIET from scratch plateaus, and a start that trains on every data order.
 
   python bench/plateau.py [--root=runs/plateau] [--workers=2]
-      [--groups=remedies,mechanism] [--out=docs/plateau]
+      [--groups=remedies,mechanism,scale] [--out=docs/plateau]
 
-Two groups of tiny runs (configs/reproduce.py, 600 steps, the reproduction's
+Three groups of runs (configs/reproduce.py, 600 steps, the reproduction's
 recipe), each the real `iiet train` in a process of its own, `--workers` at a
 time (bench/workers.py: one core and one XLA thread each):
 
@@ -16,6 +16,8 @@ time (bench/workers.py: one core and one XLA thread each):
              with 3 inits; every IIET (SPEC init) run is checkpointed every
              50 steps for bench/plateau_analysis.py (history rows,
              influence and attention entropy over time).
+  scale      Transformer++, IIET (SPEC init) and IIET with the inherit start
+             at 8 layers, d=256 (SCALE) on 3 search orders.
 
 The corpus, tokenizer and held-out set are the reproduction's (configs/
 reproduce.py), so the start chosen here is judged there on other orders.
@@ -57,6 +59,11 @@ VARIANTS = {
     "iiet": ("iiet", {}),
     "iiet_inherit": ("iiet", {"history_init": "inherit"}),
 }
+# The next size this CPU affords (8 layers, d=256: about 8x tiny's FLOPs per
+# token), same recipe, data and tokenizer; group "scale".
+SCALE = {"model.num_layers": 8, "model.d_model": 256, "model.d_ff": 704}
+SCALE_ORDERS = (100, 101, 102)
+SCALE_VARIANTS = ("transformer", "iiet", "iiet_inherit")
 LOGGED = {"log_every": 1}
 CHECKPOINTED = {"checkpoint.every": 50, "checkpoint.keep": 13}
 
@@ -64,12 +71,13 @@ CHECKPOINTED = {"checkpoint.every": 50, "checkpoint.keep": 13}
 def plan(groups: list[str]) -> list[dict]:
   """Runs as {name, system, data_seed, seed, overrides}, in run order."""
   runs = []
-  def add(variant, data, init):
+  def add(variant, data, init, prefix="", extra=None):
     system, overrides = VARIANTS[variant]
-    extra = CHECKPOINTED if variant == "iiet" else {}
-    runs.append(dict(name=f"{variant}/d{data}_i{init}", variant=variant,
-                     system=system, data_seed=data, seed=init,
-                     overrides={**LOGGED, **overrides, **extra}))
+    if extra is None:
+      extra = CHECKPOINTED if variant == "iiet" else {}
+    runs.append(dict(name=f"{prefix}{variant}/d{data}_i{init}",
+                     variant=prefix + variant, system=system, data_seed=data,
+                     seed=init, overrides={**LOGGED, **overrides, **extra}))
   if "remedies" in groups:
     for variant in VARIANTS:
       for d in SEARCH_ORDERS:
@@ -79,6 +87,10 @@ def plan(groups: list[str]) -> list[dict]:
       for i in MECHANISM_ORDERS:
         if "remedies" not in groups or i != d:
           add("iiet", d, i)
+  if "scale" in groups:
+    for variant in SCALE_VARIANTS:
+      for d in SCALE_ORDERS:
+        add(variant, d, d, prefix="scale_", extra=SCALE)
   return runs
 
 

@@ -29,7 +29,9 @@ NOTES = ROOT / "docs" / "plateau_notes.md"
 LABELS = {"transformer": "Transformer++", "iiet": "IIET (SPEC init)",
           "iiet_inherit": "IIET, history_init=inherit",
           "iiet_warmup": "IIET, 100 warm-up steps",
-          "iiet_history_lr": "IIET, history LR x 0.1"}
+          "iiet_history_lr": "IIET, history LR x 0.1",
+          "scale_iiet": "IIET (SPEC init), 8 layers d=256",
+          "scale_iiet_inherit": "IIET, inherit start, 8 layers d=256"}
 GROUPS = ("blocks", "embedding", "history", "norms")
 
 
@@ -41,19 +43,23 @@ def _by(runs, variant, data_seed, seed=None):
   return None
 
 
-def remedy_rows(results, orders) -> list[dict]:
+def remedy_rows(results, orders, prefix="") -> list[dict]:
   """Per variant on the search orders: paired difference to Transformer++
-  and plateau count, over the orders where both ran."""
+  and plateau count, over the orders where both ran. `prefix` "scale_":
+  the larger size's runs instead."""
   runs = results["runs"]
   rows = []
-  variants = dict.fromkeys(r["variant"] for r in runs.values()
-                           if r["data_seed"] in orders)
+  variants = dict.fromkeys(
+      r["variant"] for r in runs.values() if r["data_seed"] in orders
+      and r["variant"].startswith(prefix)
+      and (prefix or not r["variant"].startswith("scale_")))
   for variant in variants:
-    if variant == "transformer":
+    if variant == prefix + "transformer":
       continue
     diffs = {}
     for d in orders:
-      mine, base = _by(runs, variant, d, d), _by(runs, "transformer", d, d)
+      mine = _by(runs, variant, d, d)
+      base = _by(runs, prefix + "transformer", d, d)
       if mine and base:
         diffs[d] = mine["validation_loss"] - base["validation_loss"]
     if not diffs:
@@ -72,8 +78,7 @@ def _fmt_ci(ci) -> str:
   return f"{ci['mean']:+.3f} [{ci['lo']:+.3f}, {ci['hi']:+.3f}]"
 
 
-def remedy_table(rows, orders) -> list[str]:
-  tf = "Transformer++ validation loss, per order"
+def remedy_table(rows) -> list[str]:
   out = ["| start | orders | plateaus (> +0.3 nat) | mean paired Δ vs "
          "Transformer++ [95% CI] | Δ per order | works |",
          "|---|---|---|---|---|---|"]
@@ -82,7 +87,6 @@ def remedy_table(rows, orders) -> list[str]:
     out.append(f"| {LABELS.get(r['variant'], r['variant'])} | "
                f"{len(r['diffs'])} | {r['plateaus']} | {_fmt_ci(r['ci'])} | "
                f"{per} | {'yes' if r['works'] else 'no'} |")
-  del tf
   return out
 
 
@@ -314,11 +318,19 @@ def render(results, mechanism, figs: dict, base: Path) -> str:
       "same batches. A start *works* when it plateaus on none of the 8 "
       "and its mean paired difference is below zero.",
       "",
-      *remedy_table(rows, search),
+      *remedy_table(rows),
       "",
       link("remedies", "remedies"),
       "",
   ]
+  scale = remedy_rows(results, plateau.SCALE_ORDERS, prefix="scale_")
+  if scale:
+    lines += [
+        "## At the next size (8 layers, d=256)", "",
+        f"The same recipe and data at 8 layers, d=256 (about 8x the FLOPs "
+        f"per token of tiny), on data orders "
+        f"{', '.join(map(str, plateau.SCALE_ORDERS))}:", "",
+        *remedy_table(scale), ""]
   if NOTES.exists():
     lines += ["## Findings", "", NOTES.read_text().strip(), ""]
   return "\n".join(lines)

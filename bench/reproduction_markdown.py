@@ -115,6 +115,40 @@ def eiiet_table(results) -> list[str]:
   return lines
 
 
+HEADLINE = ("transformer", "pcformer", "iiet", "iiet_robust", "two_stage",
+            "transformer_equal_flops")
+HEADLINE_BEGIN = ("<!-- headline: written by bench/reproduction_report.py "
+                  "from docs/reproduction/results.json -->")
+HEADLINE_END = "<!-- /headline -->"
+
+
+def headline(results) -> str:
+  """The README's table of the main systems (between the markers)."""
+  sy = results["systems"]
+  lines = ["| system | seeds | validation loss | accuracy % | Δ loss vs "
+           "Transformer++, paired [95% CI] | training FLOPs |",
+           "|---|---|---|---|---|---|"]
+  for name in HEADLINE:
+    if name not in sy:
+      continue
+    r = sy[name]
+    lines.append(f"| {r['label']} | {r['seeds']} | "
+                 f"{_pm(r['loss_mean'], r['loss_std'], '.3f')} | "
+                 f"{_pm(r['acc_mean'], r['acc_std'], '.1f', 100)} | "
+                 f"{_paired(r.get('paired_loss_vs_tf'))} | "
+                 f"{r['train_flops']:.2g} |")
+  return "\n".join(lines)
+
+
+def with_headline(readme: str, results) -> str:
+  """`readme` with the text between the headline markers replaced."""
+  begin, end = readme.find(HEADLINE_BEGIN), readme.find(HEADLINE_END)
+  if begin < 0 or end < begin:
+    raise ValueError("README.md has no headline markers")
+  return (readme[:begin + len(HEADLINE_BEGIN)] + "\n" + headline(results)
+          + "\n" + readme[end:])
+
+
 def render(results, figures: dict) -> str:
   sy = results["systems"]
   tf = sy.get("transformer", {})

@@ -345,14 +345,18 @@ def claims(results: dict) -> list[dict]:
   return out
 
 
-def write(results: dict, path: Path) -> None:
-  from reproduction_markdown import render
+def write(results: dict, path: Path, readme: Path | None = None) -> None:
+  """The report at `path` with its figures; with `readme`, the headline
+  table there too."""
+  from reproduction_markdown import render, with_headline
   from reproduction_plots import draw
   path = Path(path)
   results = derive(results)
   figures = draw(results, path.parent / "reproduction")
   path.write_text(render(results, {k: v.relative_to(path.parent)
                                    for k, v in figures.items()}))
+  if readme is not None:
+    readme.write_text(with_headline(readme.read_text(), results))
 
 
 if __name__ == "__main__":
@@ -360,5 +364,9 @@ if __name__ == "__main__":
   source = Path(sys.argv[1])
   target = Path(sys.argv[2]) if len(sys.argv) > 2 else Path(
       __file__).resolve().parents[1] / "docs" / "reproduction.md"
-  write(json.loads(source.read_text()), target)
-  print(f"wrote {target}")
+  readme = None
+  if target == Path(__file__).resolve().parents[1] / "docs" / "reproduction.md":
+    readme = target.parents[1] / "README.md"
+  write(json.loads(source.read_text()), target, readme)
+  print(f"wrote {target}" + (f" and the headline of {readme}" if readme
+                             else ""))

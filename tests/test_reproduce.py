@@ -131,6 +131,13 @@ def test_committed_report_is_rendered_from_the_committed_results(tmp_path):
   assert out.read_text() == committed, (
       "docs/reproduction.md differs from what its results.json renders; "
       "run python bench/reproduction_report.py docs/reproduction/results.json")
+  # The README's headline table is the same numbers.
+  import reproduction_markdown
+  readme = (ROOT / "README.md").read_text()
+  derived = reproduction_report.derive(results)
+  assert reproduction_markdown.with_headline(readme, derived) == readme, (
+      "README.md's headline table differs from results.json; rerun the "
+      "command above")
 
 
 @pytest.mark.parametrize("summary,done", [
