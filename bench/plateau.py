@@ -58,6 +58,8 @@ VARIANTS = {
     "transformer": ("transformer", {}),
     "iiet": ("iiet", {}),
     "iiet_inherit": ("iiet", {"history_init": "inherit"}),
+    # A post-LayerNorm network wants a longer warm-up: a sixth of the run.
+    "iiet_warmup": ("iiet", {"optimizer.warmup_steps": 100}),
 }
 # The next size this CPU affords (8 layers, d=256: about 8x tiny's FLOPs per
 # token), same recipe, data and tokenizer; group "scale".
