@@ -14,7 +14,8 @@ steps) and every checkpoint, on the run's validation batches:
     over the block evaluations of the layer. Read by intercepting each
     Attention call and recomputing its softmax from the call's inputs and
     weights (the kernels never materialise it).
-For every data order: the documents that fill the first 100 steps (in the
+For Transformer++ on the mechanism orders: the attention entropy at its
+kept checkpoints, for reference. For every data order: the documents that fill the first 100 steps (in the
 order the shuffle hands them to the packer) with their tokens and how
 repetitive they are: zlib's compressed size over the raw size (generated
 tables and dumps compress to a few percent, prose and code to 25-35%).
@@ -143,6 +144,23 @@ def checkpoint_rows(workdir: Path) -> dict:
   return out
 
 
+def transformer_entropy(workdir: Path) -> dict:
+  """Attention entropy of a Transformer++ run at its kept checkpoints, the
+  reference for IIET's."""
+  opened = runs_lib.open_run(str(workdir))
+  loaders = loader_lib.make_loaders(opened.config)
+  loaders.close()
+  batches = loaders.validation[:EVAL_BATCHES]
+  out = {"steps": [], "attention_entropy": []}
+  for step in _steps(workdir):
+    run = ckpt_lib.saved_run(str(workdir), step)
+    params = ckpt_lib.restore_params(run, opened.training.sharded_params())
+    entropy = attention_entropy(opened.training.model, params, batches)
+    out["steps"].append(step)
+    out["attention_entropy"].append(np.round(entropy, 4).tolist())
+  return out
+
+
 def _steps(workdir: Path) -> list[int]:
   return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()
                 if p.name.isdigit())
@@ -194,6 +212,13 @@ def main() -> None:
     print(f"{run['name']}:", flush=True)
     result["runs"][run["name"]] = checkpoint_rows(workdir)
     path.write_text(json.dumps(result) + "\n")
+  result.setdefault("transformer", {})
+  for d in plateau.MECHANISM_ORDERS:
+    name = f"transformer/d{d}_i{d}"
+    if name not in result["transformer"] and runs_lib.finished_summary(
+        root / name) is not None:
+      result["transformer"][name] = transformer_entropy(root / name)
+      print(f"{name}: entropy {result['transformer'][name]}", flush=True)
   for seed in plateau.SEARCH_ORDERS:
     result["early_documents"][str(seed)] = early_documents(seed)
   path.write_text(json.dumps(result) + "\n")

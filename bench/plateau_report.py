@@ -198,12 +198,19 @@ def figures(results, mechanism, orders, search, out: Path) -> dict:
         y = _smooth(row["train"][key])
         ax.plot(np.arange(len(y)) + 13, y, lw=1,
                 color="tab:red" if flat else "tab:blue", alpha=0.7)
+    for d in orders:
+      base = _by(runs, "transformer", d, d)
+      key = f"grad_norm/{group}"
+      if base and key in base["train"]:
+        y = _smooth(base["train"][key])
+        ax.plot(np.arange(len(y)) + 13, y, lw=1, color="black", alpha=0.6)
     ax.set_yscale("log")
     ax.set_title(f"gradient norm: {group}")
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
   axes[0].plot([], [], color="tab:red", label="plateaus")
   axes[0].plot([], [], color="tab:blue", label="trains")
+  axes[0].plot([], [], color="black", label="Transformer++")
   axes[0].legend(fontsize=8)
   fig.tight_layout()
   made["grad_norms"] = _save(fig, out / "mechanism_grad_norms.png")
@@ -224,6 +231,12 @@ def figures(results, mechanism, orders, search, out: Path) -> dict:
       axes[0].plot(m["steps"], influence[:, :, 0].mean(1), color=color,
                    alpha=0.7)
       axes[1].plot(m["steps"], entropy.mean(1), color=color, alpha=0.7)
+    for name, m in mechanism.get("transformer", {}).items():
+      entropy = np.asarray(m["attention_entropy"])
+      axes[1].plot(m["steps"], entropy.mean(1), "o-", color="black",
+                   alpha=0.7, ms=4)
+    axes[1].plot([], [], "o-", color="black", label="Transformer++")
+    axes[1].legend(fontsize=8)
     axes[0].set_title("influence of iteration k=1 (mean over layers)")
     axes[1].set_title("attention entropy / log(keys) (mean over layers)")
     for ax in axes:
