@@ -179,8 +179,8 @@ def figures(results, mechanism, orders, search, out: Path) -> dict:
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
     ax.set_ylim(3.5, 8)
+    ax.legend(fontsize=8)
   np.atleast_1d(axes)[0].set_ylabel("training loss (25-step mean)")
-  np.atleast_1d(axes)[0].legend(fontsize=8)
   fig.tight_layout()
   made["loss"] = _save(fig, out / "mechanism_loss.png")
 
