@@ -50,5 +50,6 @@ def run(cmd: list[str], log: Path, cores: Cores | None, cwd: Path,
     with cores.core() as core:
       env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " +
                           SINGLE_THREAD).strip()
-      return subprocess.run(["taskset", "-c", str(core), *cmd], cwd=cwd,
-                            stdout=out, stderr=out, env=env).returncode
+      return subprocess.run(
+          cmd, cwd=cwd, stdout=out, stderr=out, env=env,
+          preexec_fn=lambda: os.sched_setaffinity(0, {core})).returncode
