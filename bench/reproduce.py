@@ -303,9 +303,10 @@ def main() -> None:
     shutil.copy(root / "results.json", report.parent / "reproduction" /
                 "results.json")
   print(f"wrote {report}")
+  derived = reproduction_report.derive(results)
   print(json.dumps({name: {"validation_loss": row["loss_mean"],
                            "accuracy": row["acc_mean"]}
-                    for name, row in results["systems"].items()}))
+                    for name, row in derived["systems"].items()}))
 
 
 if __name__ == "__main__":
