@@ -84,12 +84,12 @@ def test_quick_reproduction_runs_every_system_end_to_end(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
       [sys.executable, "bench/reproduce.py", "--quick", f"--root={root}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=2400)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   last = json.loads(proc.stdout.strip().splitlines()[-1])
-  expected = {"transformer", "pcformer", "iiet", "two_stage",
+  expected = {"transformer", "pcformer", "iiet", "iiet_robust", "two_stage",
               "two_stage_spec_init", "transformer_equal_flops",
-              "transformer_deep", "iiet_r1", "iiet_r2", "iiet_r4",
+              "transformer_deep", "iiet_r1", "iiet_r2", "iiet_r4", "iiet_r8",
               "eiiet_budget0.25", "eiiet_budget0.5", "eiiet_budget1"}
   assert set(last) == expected
   for name, row in last.items():
