@@ -9,7 +9,9 @@ model description and config, so no config file is needed.
 from __future__ import annotations
 
 import dataclasses
+import json
 
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
@@ -36,8 +38,6 @@ def finished_summary(workdir) -> dict | None:
   """The summary.json of a run that reached its total_steps, else None: a
   run stopped early (SIGTERM, `preempted: true`) writes one too, and is
   resumed, not reported."""
-  from etils import epath
-  import json
   path = epath.Path(workdir) / "summary.json"
   if not path.exists():
     return None

@@ -38,6 +38,11 @@ def _split_micro(batch: Batch, k: int) -> Batch:
   return jax.tree.map(split, batch)
 
 
+def _path_name(path) -> str:
+  """A tree path as 'decoder/history/weight'."""
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
 def scale_history_updates(updates, scale: float):
   """Multiplies the updates of the history parameters (HISTORY_PARAMS) by
   `scale`: their learning rate times `scale`. Stateless, so the optimizer
@@ -46,7 +51,7 @@ def scale_history_updates(updates, scale: float):
     return updates
 
   def pick(path, u):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    name = _path_name(path)
     return u * scale if any(re.search(p, name) for p in HISTORY_PARAMS) else u
   return jax.tree_util.tree_map_with_path(pick, updates)
 
@@ -67,7 +72,7 @@ def group_norms(tree) -> dict[str, jax.Array]:
   left out."""
   groups: dict[str, list] = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    name = _path_name(path)
     group = next(g for g, pattern in GRAD_GROUPS if re.search(pattern, name))
     groups.setdefault(group, []).append(leaf)
   return {g: optax.global_norm(leaves) for g, leaves in groups.items()}
