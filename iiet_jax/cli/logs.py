@@ -78,12 +78,18 @@ class _RunLog(logging.Handler):
 
 
 class _Screen(logging.Handler):
-  """Our own lines as they are; library errors with their logger's name."""
+  """Our own lines as they are; library errors with their logger's name
+  until the command has returned. After that, library complaints (asyncio's
+  "exception was never retrieved" for a save that already failed, say, which
+  arrives when the future is collected) would bury the command's own last
+  line, so they are not shown."""
+
+  returned = False
 
   def emit(self, record):
     if record.name == LOGGER or record.name.startswith(LOGGER + "."):
       text = record.getMessage()
-    elif record.levelno >= logging.ERROR:
+    elif record.levelno >= logging.ERROR and not self.returned:
       text = f"{record.levelname.lower()}  {record.name}: {record.getMessage()}"
     else:
       return
@@ -91,6 +97,7 @@ class _Screen(logging.Handler):
 
 
 _run_log = _RunLog()
+_screen = _Screen()
 
 
 def setup() -> None:
@@ -99,7 +106,8 @@ def setup() -> None:
   for handler in list(root.handlers):
     root.removeHandler(handler)
   root.addHandler(_run_log)
-  root.addHandler(_Screen())
+  _screen.returned = False
+  root.addHandler(_screen)
   root.setLevel(logging.INFO)
   logging.captureWarnings(True)
   try:
@@ -121,4 +129,6 @@ def attach(workdir: str) -> str | None:
 
 
 def close() -> None:
+  """The command has returned: its last line stays the last on the screen."""
+  _screen.returned = True
   _run_log.close()
