@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax import plots
-from iiet_jax.runs import open_run
+from iiet_jax.runs import open_model
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.decode import decode_step, init_cache, prefill
 from iiet_jax.iiad import influence as inf
@@ -63,15 +63,15 @@ DISTILL = ["--config.total_steps=150", "--config.optimizer.warmup_steps=10",
 
 def quality(teacher: str, taus, workdir: Path, distill: bool) -> dict:
   """Teacher loss, and per tau: r_t, truncated and distilled losses."""
-  opened = open_run(teacher)
-  model, params = opened.training.model, opened.params
+  opened = open_model(teacher)
+  model, params = opened.model, opened.params
   loaders = make_loaders(opened.config)
   loaders.close()
   val = loaders.validation
   measured = inf.measure(model, params,
                          val[:opened.config.distill.influence_batches])
   print(report.table(measured.state_change, f"influence of {teacher} "
-                     f"(step {opened.run.step})"), flush=True)
+                     f"(step {opened.step})"), flush=True)
   out = {"teacher": teacher, "size": size_of(opened.config.variant),
          "iterations": list(model.config.iterations),
          "loss": inf.mean_loss(model, params, val), "taus": {}}

@@ -51,8 +51,11 @@ config = hf_folder._base_config(None, fields["arch"])
 cfg = ModelConfig.from_dict({**config.model.to_dict(), **fields})
 config = with_model(config, cfg)
 print("phase headers", peak())
-from iiet_jax.train.build import build_training
-params = names.from_hf(folder, cfg, build_training(config).sharded_params())
+from iiet_jax.models import build_model
+from iiet_jax.parallel import sharding as shd
+mesh, rules = shd.from_config(config)
+params = names.from_hf(folder, cfg, shd.placed_params(
+    build_model(cfg), mesh, rules, config.seq_len))
 jax.block_until_ready(params)
 print("phase placed", peak())
 ckpt_lib.save_params(out / "checkpoints", 0, params, config.to_dict(),

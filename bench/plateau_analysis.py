@@ -40,7 +40,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import plateau  # noqa: E402
-from iiet_jax import checkpoint as ckpt_lib  # noqa: E402
 from iiet_jax import runs as runs_lib  # noqa: E402
 from iiet_jax.data import loader as loader_lib  # noqa: E402
 from iiet_jax.iiad import influence as influence_lib  # noqa: E402
@@ -119,16 +118,15 @@ def attention_entropy(model, params, batches) -> np.ndarray:
 
 def checkpoint_rows(workdir: Path) -> dict:
   """W, Wc, influence and attention entropy at every checkpoint."""
-  opened = runs_lib.open_run(str(workdir))
-  loaders = loader_lib.make_loaders(opened.config)
+  saved = runs_lib.open_model(str(workdir))
+  loaders = loader_lib.make_loaders(saved.config)
   loaders.close()
   batches = loaders.validation[:EVAL_BATCHES]
-  model = opened.training.model
+  model = saved.model
   out = {"steps": [], "W": [], "Wc": [], "influence": [],
          "attention_entropy": []}
   for step in _steps(workdir):
-    run = ckpt_lib.saved_run(str(workdir), step)
-    params = ckpt_lib.restore_params(run, opened.training.sharded_params())
+    params = saved.params_at(step)
     history = jax.device_get(params["decoder"]["history"])
     influence = influence_lib.measure(model, params, batches)
     entropy = attention_entropy(model, params, batches)
@@ -147,15 +145,13 @@ def checkpoint_rows(workdir: Path) -> dict:
 def transformer_entropy(workdir: Path) -> dict:
   """Attention entropy of a Transformer++ run at its kept checkpoints, the
   reference for IIET's."""
-  opened = runs_lib.open_run(str(workdir))
-  loaders = loader_lib.make_loaders(opened.config)
+  saved = runs_lib.open_model(str(workdir))
+  loaders = loader_lib.make_loaders(saved.config)
   loaders.close()
   batches = loaders.validation[:EVAL_BATCHES]
   out = {"steps": [], "attention_entropy": []}
   for step in _steps(workdir):
-    run = ckpt_lib.saved_run(str(workdir), step)
-    params = ckpt_lib.restore_params(run, opened.training.sharded_params())
-    entropy = attention_entropy(opened.training.model, params, batches)
+    entropy = attention_entropy(saved.model, saved.params_at(step), batches)
     out["steps"].append(step)
     out["attention_entropy"].append(np.round(entropy, 4).tolist())
   return out

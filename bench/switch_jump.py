@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from iiet_jax import overrides as ov
-from iiet_jax.runs import open_run
+from iiet_jax.runs import open_model
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.iiad.influence import mean_loss
 from iiet_jax.models import build_model
@@ -41,8 +41,8 @@ def jumps(workdir: str, step: int, spec: str) -> dict:
   fit_batches = [next(loaders.train) for _ in range(config.switch.fit_batches)]
   loaders.close()
   val = loaders.validation
-  opened = open_run(workdir, batch_keys=loaders.batch_keys, step=step)
-  tf_model, tf_params = opened.training.model, opened.params
+  saved = open_model(workdir, step=step)
+  tf_model, tf_params = saved.model, saved.params
   if tf_model.config.arch != "transformer":
     raise SystemExit(f"{workdir} step {step} is a {tf_model.config.arch}, "
                      f"not the Transformer++ of a switch")

@@ -31,3 +31,9 @@ class MissingInputError(UserError, FileNotFoundError):
   """A corpus, tokenizer or record file the config names does not exist."""
 
   kind = "Data"
+
+
+class TokenizerError(UserError, ValueError):
+  """A tokenizer that cannot be used as requested."""
+
+  kind = "Data"

@@ -50,61 +50,78 @@ LAYERS = (
 RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
 
-def _unit(module: str) -> str | None:
-  """iiet_jax.train.loop -> train; iiet_jax(.__init__) itself -> None."""
+# Inside data/, the same rule between its modules, lowest first.
+DATA_LAYERS = (
+    ("documents", "fast_tokenizer"),
+    ("shards", "tokenizer"),
+    ("corpus", "pipeline"),
+    ("sources",),
+    ("loader",),
+)
+
+
+def _unit(module: str, package: str = "iiet_jax") -> str | None:
+  """iiet_jax.train.loop -> train; iiet_jax(.__init__) itself -> None.
+  With package="iiet_jax.data": iiet_jax.data.corpus -> corpus."""
+  depth = package.count(".") + 1
   parts = module.split(".")
-  if parts[0] != "iiet_jax" or len(parts) < 2 or parts[1] == "__init__":
+  if (".".join(parts[:depth]) != package or len(parts) <= depth
+      or parts[depth] == "__init__"):
     return None
-  return parts[1]
+  return parts[depth]
 
 
-def imported_units(source: str, module: str) -> set[str]:
-  """The units of iiet_jax that `source` imports anywhere in its body;
+def imported_units(source: str, module: str,
+                   package: str = "iiet_jax") -> set[str]:
+  """The units of `package` that `source` imports anywhere in its body;
   `module` is its dotted path (a package's ends in `.__init__`)."""
   units = set()
-  package = module.split(".")
+  package_parts = module.split(".")
   for node in ast.walk(ast.parse(source)):
     if isinstance(node, ast.Import):
       names = [alias.name for alias in node.names]
     elif isinstance(node, ast.ImportFrom):
       base = node.module or ""
       if node.level:  # relative: from the module's own package upward
-        base = ".".join(package[:len(package) - node.level] +
+        base = ".".join(package_parts[:len(package_parts) - node.level] +
                         ([base] if base else []))
       # `from iiet_jax import train` names a unit in the imported names.
-      names = [f"{base}.{alias.name}" if base == "iiet_jax" else base
+      names = [f"{base}.{alias.name}" if base == package else base
                for alias in node.names]
     else:
       continue
-    units.update(u for u in map(_unit, names) if u is not None)
+    units.update(u for u in (_unit(n, package) for n in names)
+                 if u is not None)
   return units
 
 
-def violations(graph: dict[str, set[str]]) -> list[str]:
+def violations(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
   """Every edge of `graph` (unit -> units it imports) that does not point
-  to a strictly lower layer."""
+  to a strictly lower layer of `layers`."""
+  rank = {unit: r for r, units in enumerate(layers) for unit in units}
   bad = []
   for unit, imported in sorted(graph.items()):
     for other in sorted(imported - {unit}):
-      if unit not in RANK or other not in RANK:
-        missing = unit if unit not in RANK else other
-        bad.append(f"{missing} is in no layer of LAYERS: place it")
-      elif RANK[other] >= RANK[unit]:
-        bad.append(f"{unit} (layer {RANK[unit]}) imports {other} "
-                   f"(layer {RANK[other]})")
+      if unit not in rank or other not in rank:
+        missing = unit if unit not in rank else other
+        bad.append(f"{missing} is in no layer: place it")
+      elif rank[other] >= rank[unit]:
+        bad.append(f"{unit} (layer {rank[unit]}) imports {other} "
+                   f"(layer {rank[other]})")
   return bad
 
 
-def package_graph() -> dict[str, set[str]]:
+def package_graph(package: str = "iiet_jax") -> dict[str, set[str]]:
   graph: dict[str, set[str]] = {}
-  for path in sorted(PACKAGE.rglob("*.py")):
+  folder = PACKAGE.parent.joinpath(*package.split("."))
+  for path in sorted(folder.rglob("*.py")):
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
     module = ".".join(parts)
-    unit = _unit(module)
-    if unit is None:  # iiet_jax/__init__.py
+    unit = _unit(module, package)
+    if unit is None:  # the package's __init__.py
       continue
     graph.setdefault(unit, set()).update(
-        imported_units(path.read_text(), module))
+        imported_units(path.read_text(), module, package))
   return graph
 
 
@@ -116,6 +133,31 @@ def test_every_import_of_the_package_points_down():
 
 def test_every_unit_is_placed_in_a_layer():
   assert sorted(set(package_graph()) - set(RANK)) == []
+
+
+def test_the_modules_of_data_import_down_too():
+  graph = package_graph("iiet_jax.data")
+  assert {"tokenizer", "fast_tokenizer", "loader"} <= set(graph)
+  assert violations(graph, DATA_LAYERS) == []
+  placed = {m for units in DATA_LAYERS for m in units}
+  assert sorted(set(graph) - placed) == []
+
+
+def test_readers_of_a_saved_run_need_no_training_stack():
+  """A saved run opens as a model (runs.py): what reads one never imports
+  the optimizer, the train step or the corpus."""
+  training = {"optimizer", "step", "build", "loop", "state"}
+  corpus = {"corpus", "sources", "loader", "pipeline"}
+  for package, forbidden in (("iiet_jax.train", training),
+                             ("iiet_jax.data", corpus)):
+    for reader in ("runs.py", "export", "iiad/influence.py"):
+      paths = ([PACKAGE / reader] if reader.endswith(".py")
+               else sorted((PACKAGE / reader).rglob("*.py")))
+      for path in paths:
+        module = ".".join(path.relative_to(PACKAGE.parent)
+                          .with_suffix("").parts)
+        used = imported_units(path.read_text(), module, package)
+        assert not used & forbidden, (path.name, used & forbidden)
 
 
 @pytest.mark.parametrize("source", [

@@ -37,7 +37,7 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models,
                         normalizers, processors)
 
-from iiet_jax.data.tokenizer import TokenizerError
+from iiet_jax.errors import TokenizerError
 
 SPACE = "\u2581"  # SentencePiece's escaped space, "▁"
 _Piece = sentencepiece_model_pb2.ModelProto.SentencePiece

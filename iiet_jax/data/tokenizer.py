@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 import sentencepiece as spm
 
-from iiet_jax.errors import MissingInputError, UserError
+from iiet_jax.errors import MissingInputError, TokenizerError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 NUM_SPECIAL = 4
@@ -37,12 +37,6 @@ NUM_BYTES = 256
 # SentencePiece drops training sentences longer than 4192 bytes; 1024
 # characters are at most 4096 UTF-8 bytes, so no text is lost to that limit.
 _MAX_SENTENCE_CHARS = 1024
-
-
-class TokenizerError(UserError, ValueError):
-  """A tokenizer that cannot be used as requested."""
-
-  kind = "Data"
 
 
 class Tokenizer:
@@ -239,3 +233,59 @@ def check_vocab(tokenizer_vocab_size: int, model_vocab_size: int) -> None:
         f"vocab_size is {model_vocab_size}. Set model vocab_size="
         f"{tokenizer_vocab_size}, or use a tokenizer of {model_vocab_size} "
         "pieces.")
+
+
+# A run carries its tokenizer in its workdir, so every command that reads the
+# run finds it without the corpus: the SentencePiece model as tokenizer.model,
+# or a tokenizer.json with a tokenizer_config.json naming its special tokens
+# (what `iiet import` carries from a Hugging Face folder, too).
+CARRIED = ("tokenizer.model", "tokenizer.json")
+
+
+def carried_by(folder: epath.PathLike):
+  """The tokenizer a run's `folder` carries, or None when it carries none."""
+  folder = epath.Path(folder)
+  for name in CARRIED:
+    if (folder / name).exists():
+      return load_tokenizer(folder / name)
+  return None
+
+
+def _carried_files(tokenizer) -> dict[str, bytes]:
+  import json
+  if isinstance(tokenizer, Tokenizer):
+    return {"tokenizer.model": tokenizer.model_proto}
+  # A tokenizer.json names no bos / eos; the config beside it does.
+  return {**tokenizer.hf_files(), "tokenizer_config.json": json.dumps(
+      tokenizer.special_pieces(), indent=2).encode("utf-8")}
+
+
+def _identity(tokenizer):
+  if isinstance(tokenizer, Tokenizer):
+    return tokenizer.model_proto
+  return tokenizer.hf_files(), tokenizer.special_pieces()
+
+
+def carry(tokenizer, folder: epath.PathLike) -> epath.Path:
+  """Writes `tokenizer` into the run folder `folder` (each file written then
+  renamed, so a kill leaves none half-written); returns its main file. A
+  folder that already carries another tokenizer is refused: the run's
+  checkpoints were trained on that one."""
+  folder = epath.Path(folder)
+  files = _carried_files(tokenizer)
+  held = carried_by(folder)
+  if held is not None:
+    if _identity(held) != _identity(tokenizer):
+      raise TokenizerError(
+          f"{folder} carries the tokenizer {held.path} of the run saved "
+          f"there, and this run's tokenizer ({tokenizer.path}) is another: "
+          f"its token ids would not mean what the checkpoints learned. Use "
+          f"that tokenizer (--config.data.tokenizer={held.path}), or a new "
+          f"--workdir.")
+    return epath.Path(held.path)
+  # The config first: tokenizer.json is what marks the folder as carrying.
+  for name in sorted(files, reverse=True):
+    partial = folder / f".{name}.partial"
+    partial.write_bytes(files[name])
+    partial.rename(folder / name)
+  return folder / next(n for n in CARRIED if n in files)

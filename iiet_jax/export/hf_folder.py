@@ -77,7 +77,7 @@ def export(workdir: str, out: str, step: int | None = None,
   """Writes the HF folder of `workdir`'s checkpoint `step` (newest), in
   shards of at most `max_shard_size` bytes (e.g. "500MB"; default
   tensor_file.MAX_SHARD_SIZE) when larger."""
-  from iiet_jax.runs import open_run, run_tokenizer
+  from iiet_jax.runs import open_model
   if dtype not in DTYPES:
     raise ExportError(f"--dtype={dtype!r}; choose one of "
                       f"{', '.join(DTYPES)}.")
@@ -86,13 +86,13 @@ def export(workdir: str, out: str, step: int | None = None,
   tensor_file.parse_size(max_shard_size)  # a bad value fails before reading
   out_dir = Path(out).absolute()
   _check_out(out_dir, overwrite)
-  opened = open_run(workdir, step=step)
-  cfg = opened.training.model.config
-  tokenizer = run_tokenizer(opened, workdir)
+  saved = open_model(workdir, step=step)
+  cfg = saved.model.config
+  tokenizer = saved.tokenizer()
   if tokenizer.vocab_size > cfg.vocab_size:
     raise ExportError(f"The tokenizer has {tokenizer.vocab_size} pieces but "
                       f"the model only {cfg.vocab_size} embeddings.")
-  tensors = names.to_hf(jax.device_get(opened.params), cfg)
+  tensors = names.to_hf(jax.device_get(saved.params), cfg)
   arch = registry.get(cfg.arch)
   stage = _staged(out_dir)
   try:
@@ -107,8 +107,8 @@ def export(workdir: str, out: str, step: int | None = None,
     for name in pytorch.SHIPPED_FILES if arch.remote_code else ():
       shutil.copyfile(PYTORCH_DIR / name, stage / name)
     _json(stage / "iiet_export.json", {
-        "workdir": str(Path(workdir).absolute()), "step": opened.run.step,
-        "model": opened.run.model, "dtype": dtype})
+        "workdir": str(Path(workdir).absolute()), "step": saved.step,
+        "model": saved.description, "dtype": dtype})
     _publish(stage, out_dir)
   except BaseException:
     shutil.rmtree(stage, ignore_errors=True)
@@ -148,9 +148,11 @@ def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
   _check_out(out_dir, overwrite)
   # Names and shapes are checked before anything is read or created; each
   # tensor goes straight into the sharding training gives it.
-  from iiet_jax.train.build import build_training
-  params = names.from_hf(folder, cfg,
-                         build_training(config).sharded_params())
+  from iiet_jax.models import build_model
+  from iiet_jax.parallel import sharding as shd
+  mesh, rules = shd.from_config(config)
+  params = names.from_hf(folder, cfg, shd.placed_params(
+      build_model(cfg), mesh, rules, config.seq_len))
   stage = _staged(out_dir)
   try:
     carried = hf_tokenizer.carry(src, stage, out_dir)

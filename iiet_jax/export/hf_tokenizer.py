@@ -16,7 +16,6 @@ a tokenizer_config.json naming its special tokens, into the new workdir.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from iiet_jax.data import fast_tokenizer
@@ -60,21 +59,21 @@ def _special_from_config(src: Path, tokenizer_json: str) -> dict[str, str]:
 
 
 def carry(src: Path, stage: Path, final: Path) -> str | None:
-  """Copies the tokenizer of the HF folder `src` into `stage` (to become
-  `final`); returns its path there for config.data.tokenizer, or None."""
+  """Carries the tokenizer of the HF folder `src` into `stage` (to become
+  `final`) as a run carries its own (data/tokenizer.py `carry`); returns its
+  path there for config.data.tokenizer, or None."""
   try:
     if (src / "tokenizer.model").is_file():
-      tok_lib.load_tokenizer(src / "tokenizer.model")  # fails if unreadable
-      shutil.copyfile(src / "tokenizer.model", stage / "tokenizer.model")
-      return str(final / "tokenizer.model")
-    if not (src / "tokenizer.json").is_file():
+      tokenizer = tok_lib.load_tokenizer(src / "tokenizer.model")
+    elif (src / "tokenizer.json").is_file():
+      text = (src / "tokenizer.json").read_text(encoding="utf-8")
+      special = {**_special_from_config(src, text),
+                 **fast_tokenizer.special_tokens_beside(
+                     src / "tokenizer.json")}
+      tokenizer = fast_tokenizer.JsonTokenizer(
+          text, special, str(src / "tokenizer.json"))
+    else:
       return None
-    text = (src / "tokenizer.json").read_text(encoding="utf-8")
-    special = {**_special_from_config(src, text),
-               **fast_tokenizer.special_tokens_beside(src / "tokenizer.json")}
-    fast_tokenizer.JsonTokenizer(text, special, str(src / "tokenizer.json"))
   except tok_lib.TokenizerError as err:
     raise ExportError(f"--hf={src}: {err}") from err
-  shutil.copyfile(src / "tokenizer.json", stage / "tokenizer.json")
-  _json(stage / "tokenizer_config.json", special)
-  return str(final / "tokenizer.json")
+  return str(final / tok_lib.carry(tokenizer, stage).name)

@@ -137,26 +137,25 @@ def score_lm_eval(model, params, tokenizer, path: Path, out) -> dict:
 
 def score(workdir: str, input_path: str, step: int | None = None,
           out: str | None = None) -> dict:
-  from iiet_jax.runs import open_run, run_tokenizer
+  from iiet_jax.runs import open_model
   path = Path(input_path)
   if not path.is_file():
     raise ScoreError(f"--input={input_path} is not a file.")
-  opened = open_run(workdir, step=step)
-  cfg = dataclasses.replace(opened.training.model.config, dtype="float32")
+  saved = open_model(workdir, step=step)
+  cfg = dataclasses.replace(saved.model.config, dtype="float32")
   if path.suffix == ".jsonl":
-    result = score_lm_eval(build_model(cfg), opened.params,
-                           run_tokenizer(opened, workdir), path, out)
-    return {"workdir": workdir, "step": opened.run.step, "lm_eval": result,
+    result = score_lm_eval(build_model(cfg), saved.params,
+                           saved.tokenizer(), path, out)
+    return {"workdir": workdir, "step": saved.step, "lm_eval": result,
             **({"out": out} if out else {})}
-  tokenizer = None if path.suffix == ".npy" else run_tokenizer(opened,
-                                                               workdir)
+  tokenizer = None if path.suffix == ".npy" else saved.tokenizer()
   tokens, mask = _rows(path, tokenizer, cfg.max_seq_len, cfg.vocab_size)
-  logprobs = next_token_logprobs(build_model(cfg), opened.params, tokens)
+  logprobs = next_token_logprobs(build_model(cfg), saved.params, tokens)
   scored = mask[:, 1:]
   logprobs = np.where(scored, logprobs, 0.0).astype(np.float32)
   count = int(scored.sum())
   nll = float(-logprobs.sum() / count)
-  result = {"workdir": workdir, "step": opened.run.step, "rows": len(tokens),
+  result = {"workdir": workdir, "step": saved.step, "rows": len(tokens),
             "tokens_scored": count, "mean_nll": nll,
             "perplexity": math.exp(nll)}
   if out:

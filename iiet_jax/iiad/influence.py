@@ -20,7 +20,6 @@ import numpy as np
 
 from iiet_jax.models import LanguageModel, ModelConfig, build_model, registry
 from iiet_jax.train import loss as loss_lib
-from iiet_jax.train import step as step_lib
 from iiet_jax.errors import UserError
 
 
@@ -109,7 +108,7 @@ def _past_r(values: np.ndarray, iterations) -> np.ndarray:
 
 def mean_loss(model: LanguageModel, params, batches) -> float:
   sums = jax.jit(lambda p, b: loss_lib.batch_sums(model, p, b))
-  return step_lib.evaluate(sums, params, batches)["loss"]
+  return loss_lib.evaluate(sums, params, batches)["loss"]
 
 
 def measure(model: LanguageModel, params, batches: Iterable[dict],

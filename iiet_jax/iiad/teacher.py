@@ -33,26 +33,26 @@ def measure_run(workdir: str, batches: int, ablation: bool,
   budget, adds the selection it implies."""
   from iiet_jax.data.loader import make_loaders
   selection.check(tau, budget)  # before the run is opened or measured
-  opened = runs.open_run(workdir)
-  model = opened.training.model
+  saved = runs.open_model(workdir)
+  model = saved.model
   inf.check_teacher(model.config)
-  loaders = make_loaders(opened.config)
+  loaders = make_loaders(saved.config)
   loaders.close()
   chosen = loaders.validation[:batches]
-  measured = inf.measure(model, opened.params, chosen, ablation=ablation,
+  measured = inf.measure(model, saved.params, chosen, ablation=ablation,
                          progress=progress)
   result = measured.to_json()
   if tau is not None or budget is not None:
     result["selection"] = select(measured.state_change, model.config,
-                                 opened.config.seq_len, tau, budget)
-  run_dir = opened.run.directory.parent
+                                 saved.config.seq_len, tau, budget)
+  run_dir = saved.workdir
   written = [str(report.write_json(run_dir, result))]
   figure_error = None
   try:  # the measurement stands without its figure
     written.append(str(report.write_heatmap(run_dir, measured.state_change)))
   except plots.PlotError as err:
     figure_error = str(err)
-  return Measured(opened.run.step, list(model.config.iterations),
+  return Measured(saved.step, list(model.config.iterations),
                   len(chosen), measured, result, written, figure_error)
 
 

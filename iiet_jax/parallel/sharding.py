@@ -31,7 +31,7 @@ import jax
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from iiet_jax.parallel.mesh import MESH_AXES, axis_size
+from iiet_jax.parallel.mesh import MESH_AXES, axis_size, make_mesh
 from iiet_jax.errors import UserError
 
 Rules = tuple[tuple[str, Any], ...]
@@ -147,6 +147,15 @@ def check_mesh_used(mesh: Mesh, rules: Rules) -> None:
         f"`tensor`) or set that axis to 1.")
 
 
+def from_config(config, devices=None) -> tuple[Mesh, Rules]:
+  """The mesh (of `devices`, default all) and rules a run config names."""
+  mesh = make_mesh(config.mesh, config.mesh.get("slices", 1), devices)
+  rules = make_rules(config.sharding.preset,
+                     dict(config.sharding.get("rules", {}) or {}))
+  check_mesh_used(mesh, rules)
+  return mesh, rules
+
+
 def logical_specs(abstract_tree) -> Any:
   """PartitionSpecs of logical names for a tree holding nn.Partitioned boxes."""
   return nn.get_partition_spec(abstract_tree)
@@ -170,6 +179,23 @@ def check_divisible(abstract_tree, shardings, what: str) -> None:
             f"{what}{name} has shape {leaf.shape}; its dimension {dim} is "
             f"split over mesh axes {axes} of size {n}, which does not divide "
             f"it. Change the mesh or the sharding rules for that axis.")
+
+
+def placed_params(model: nn.Module, mesh: Mesh, rules: Rules,
+                  seq_len: int = 8) -> Any:
+  """`model`'s parameters, traced abstractly (nothing is allocated), as
+  ShapeDtypeStructs on the NamedShardings the rules give them: the target
+  that a checkpoint's parameters are restored onto."""
+  import jax.numpy as jnp
+  boxed = jax.eval_shape(
+      lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
+      jax.random.key(0))["params"]
+  shardings = mesh_shardings(logical_specs(boxed), mesh, rules)
+  abstract = nn.unbox(boxed)
+  check_divisible(abstract, shardings, "params")
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
 
 
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:

@@ -24,10 +24,12 @@ import jax
 import jax.numpy as jnp
 
 from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax import runs
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import selection
 from iiet_jax.models import registry
 from iiet_jax.overrides import with_model
+from iiet_jax.parallel import sharding as shd
 from iiet_jax.stages.pretrain import PlanError
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
@@ -75,7 +77,7 @@ class DistillTraining(Training):
     for who, step, params in (("teacher", self.teacher_eval,
                                self.teacher_params),
                               ("student", self.eval_step, state.params)):
-      out[f"{who}_validation_loss"] = step_lib.evaluate(step, params, batches,
+      out[f"{who}_validation_loss"] = loss_lib.evaluate(step, params, batches,
                                                         feed)["loss"]
     out["student_iterations"] = list(self.model.config.iterations)
     out["teacher_iterations"] = list(self.teacher_iterations)
@@ -125,23 +127,23 @@ def choose_iterations(config, model, params, batches) -> dict:
 def build(config, batch_keys, loaders, workdir) -> DistillTraining:
   """The student's Training, with the teacher loaded and r_t decided."""
   d = config.distill
-  run = teacher_run(config)
-  teacher_cfg = run.model_config(dtype=config.model.dtype,
-                                 remat_policy=config.model.remat_policy)
-  base = build_training(with_model(config, teacher_cfg),
-                        batch_keys=batch_keys)
-  teacher_params = ckpt_lib.restore_params(run, base.sharded_params())
+  teacher_run(config)   # an IIET teacher, checked before it is read
+  mesh, rules = shd.from_config(config)
+  teacher = runs.open_model(config.distill.teacher, on=(mesh, rules),
+                            dtype=config.model.dtype,
+                            remat_policy=config.model.remat_policy)
+  teacher_cfg, teacher_params = teacher.model.config, teacher.params
   chosen = _resumed_iterations(workdir)
   if chosen is None:
     batches = loaders.validation[:d.influence_batches]
-    chosen = choose_iterations(config, base.model, teacher_params, batches)
+    chosen = choose_iterations(config, teacher.model, teacher_params, batches)
     logging.info("IIAD selection: %s", json.dumps(
         {k: v for k, v in chosen.items() if k != "influence"}))
   student_cfg = dataclasses.replace(teacher_cfg,
                                     iterations=tuple(chosen["iterations"]))
   student = build_training(with_model(config, student_cfg),
                            batch_keys=batch_keys)
-  objective = distill_objective(student.model, base.model, d.kl_weight,
+  objective = distill_objective(student.model, teacher.model, d.kl_weight,
                                 d.temperature, config.z_loss)
   train_fn = step_lib.make_train_step(student.model, student.tx,
                                       student.schedule, config.micro_batches,
@@ -161,7 +163,12 @@ def build(config, batch_keys, loaders, workdir) -> DistillTraining:
   fields["train_step"] = lambda state, batch: sharded(state, batch,
                                                       teacher_params)
   return DistillTraining(**fields, teacher_params=teacher_params,
-                         teacher_eval=base.eval_step, selection=chosen,
+                         teacher_eval=step_lib.jit_eval_step(
+                             step_lib.make_eval_step(teacher.model),
+                             jax.tree.map(lambda p: p.sharding,
+                                          teacher.placed),
+                             mesh, rules, batch_keys),
+                         selection=chosen,
                          teacher_iterations=teacher_cfg.iterations)
 
 

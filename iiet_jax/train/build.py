@@ -15,7 +15,6 @@ from jax.sharding import Mesh
 
 from iiet_jax.models import LanguageModel, build_model
 from iiet_jax.parallel import sharding as shd
-from iiet_jax.parallel.mesh import make_mesh
 from iiet_jax.train import state as state_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.train.optimizer import make_optimizer
@@ -54,10 +53,7 @@ class Training:
 def build_training(config, devices: Sequence[jax.Device] | None = None,
                    batch_keys=("tokens",)) -> Training:
   model = build_model(config.model)
-  mesh = make_mesh(config.mesh, config.mesh.get("slices", 1), devices)
-  rules = shd.make_rules(config.sharding.preset,
-                         dict(config.sharding.get("rules", {}) or {}))
-  shd.check_mesh_used(mesh, rules)
+  mesh, rules = shd.from_config(config, devices)
   data_shards = shd.axis_size(mesh, dict(rules)["activation_batch"])
   rows = config.batch_size // config.micro_batches
   if config.batch_size % config.micro_batches or rows % data_shards:

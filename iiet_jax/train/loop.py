@@ -29,12 +29,14 @@ from etils import epath
 import jax
 
 from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.models import registry
 from iiet_jax.parallel import multihost
 from iiet_jax.parallel.preemption import Preemption
 from iiet_jax.train import flops
 from iiet_jax.train import profiling
+from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.train import warm_start
 from iiet_jax.train.build import Training, build_training
@@ -68,6 +70,8 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
   workdir.mkdir(parents=True, exist_ok=True)
   trace = profiling.StepTrace(config, workdir / "tensorboard")
   loaders = make_loaders(config)
+  if loaders.tokenizer is not None and jax.process_index() == 0:
+    tok_lib.carry(loaders.tokenizer, workdir)   # what readers of the run use
   built: dict[str, Training] = {}
 
   def training_for(phase: Phase) -> Training:
@@ -174,7 +178,7 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
                                                   config))
           evaluated = None
           if step % config.eval_every == 0 or step == config.total_steps:
-            val = step_lib.evaluate(training.eval_step, state.params,
+            val = loss_lib.evaluate(training.eval_step, state.params,
                                     loaders.validation, feed)
             writers.write(step, val, prefix="validation")
             writers.event(step, f"validation loss {val['loss']:.4f}, "

@@ -4,8 +4,11 @@ forward on a batch (a dict of [B, T] arrays: `tokens`, optionally `mask`,
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -74,3 +77,16 @@ def batch_sums(model, params, batch) -> dict[str, Array]:
   """`next_token_sums` of the model's forward on `batch`."""
   return next_token_sums(forward(model, params, batch), batch["tokens"],
                          batch.get("mask"), batch.get("segment_ids"))
+
+
+def evaluate(eval_step: Callable, params, batches,
+             feed: Callable = lambda batch: batch) -> dict[str, float]:
+  """Mean next-token loss of `eval_step`'s token sums over `batches`, each
+  put through `feed` (e.g. onto the mesh) first."""
+  nll = count = 0.0
+  for batch in batches:
+    sums = eval_step(params, feed(batch))
+    nll += float(sums["nll"])
+    count += float(sums["count"])
+  loss = nll / max(count, 1.0)
+  return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}

@@ -15,7 +15,6 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -147,19 +146,6 @@ def make_eval_step(model: nn.Module) -> Callable:
   def eval_step(params, batch: Batch):
     return batch_sums(model, params, batch)
   return eval_step
-
-
-def evaluate(eval_step: Callable, params, batches,
-             feed: Callable = lambda batch: batch) -> dict[str, float]:
-  """Mean next-token loss of `eval_step`'s token sums over `batches`, each
-  put through `feed` (e.g. onto the mesh) first."""
-  nll = count = 0.0
-  for batch in batches:
-    sums = eval_step(params, feed(batch))
-    nll += float(sums["nll"])
-    count += float(sums["count"])
-  loss = nll / max(count, 1.0)
-  return {"loss": loss, "perplexity": float(np.exp(loss)), "tokens": count}
 
 
 class ShardedStep:

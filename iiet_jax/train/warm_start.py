@@ -12,18 +12,16 @@ from __future__ import annotations
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.models import build_model
+from iiet_jax.parallel import sharding as shd
 from iiet_jax.train import merge as merge_lib
-from iiet_jax.train import state as state_lib
 
 
 def load_params(state, training, config):
   """`state` with its parameters replaced by those of `config.init_from`."""
   run = ckpt_lib.saved_run(config.init_from)
   source_model = build_model(run.model_config())
-  abstract, shardings = state_lib.state_shardings(
-      source_model, training.tx, config.seq_len, training.mesh,
-      training.rules)
-  target = state_lib.with_shardings(abstract.params, shardings.params)
+  target = shd.placed_params(source_model, training.mesh, training.rules,
+                             config.seq_len)
   params, _ = merge_lib.merge(
       ckpt_lib.restore_params(run, target), state.params,
       allow_new=tuple(config.init_allow_new),

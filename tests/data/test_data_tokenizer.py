@@ -146,3 +146,36 @@ def test_training_reads_only_a_sample():
   pieces = list(tok_lib._training_sentences(texts, 1200, counts))
   assert counts["documents"] == 3
   assert 1200 <= len("".join(pieces)) < 1500
+
+
+def test_a_run_carries_its_tokenizer_and_refuses_another(trained, tmp_path):
+  trained, _ = trained
+  assert tok_lib.carried_by(tmp_path) is None
+  main = tok_lib.carry(trained, tmp_path)
+  assert main == tmp_path / "tokenizer.model"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tokenizer.model"]
+  again = tok_lib.carried_by(tmp_path)
+  assert again.model_proto == trained.model_proto
+  assert tok_lib.carry(trained, tmp_path) == main   # the same: accepted
+  other = tok_lib.train_tokenizer(_corpus()[::-1] + ["zzz yyy"] * 50, VOCAB,
+                                  tmp_path / "elsewhere" / "o.model")
+  assert other.model_proto != trained.model_proto
+  with pytest.raises(tok_lib.TokenizerError, match="carries the tokenizer"):
+    tok_lib.carry(other, tmp_path)
+  assert tok_lib.carried_by(tmp_path).model_proto == trained.model_proto
+
+
+def test_a_json_tokenizer_is_carried_with_its_special_tokens(trained,
+                                                              tmp_path):
+  from iiet_jax.data import fast_tokenizer
+  trained, _ = trained
+  text = trained.hf_files()["tokenizer.json"].decode("utf-8")
+  special = trained.special_pieces()
+  json_tok = fast_tokenizer.JsonTokenizer(text, special)
+  tok_lib.carry(json_tok, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      "tokenizer.json", "tokenizer_config.json"]
+  back = tok_lib.carried_by(tmp_path)
+  assert (back.bos_id, back.eos_id, back.pad_id) == (1, 2, 0)
+  sample = "def f(x):\n  return x  # ünï"
+  assert back.encode(sample) == trained.encode(sample)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,10 @@ def _run(args, cwd=ROOT, timeout=300):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-  """A tiny IIET trained 4 steps on a stdlib slice: checkpoints 2 and 4."""
+  """A tiny IIET trained 4 steps on a stdlib slice: checkpoints 2 and 4.
+  The prepared corpus and its tokenizer cache are deleted after training:
+  every command below reads the run alone (its tokenizer travels in the
+  workdir)."""
   root = tmp_path_factory.mktemp("export_run")
   out = _run(MAIN + [
       "--config=configs/lm.py:model=iiet,size=tiny", f"--workdir={root}/run",
@@ -41,6 +45,11 @@ def run_dir(tmp_path_factory):
       "--config.data.validation_fraction=0.2",
       "--config.data.tokenizer_sample_chars=300000"])
   assert out.returncode == 0, out.stderr[-3000:]
+  corpus = [p for p in root.iterdir() if p.name != "run"]
+  assert corpus, "the corpus should have been prepared under data_dir"
+  for path in corpus:
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+  assert (root / "run" / "tokenizer.model").is_file()
   return root
 
 

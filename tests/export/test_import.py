@@ -60,10 +60,10 @@ def float32_logits(folder: Path) -> np.ndarray:
 
 
 def our_logits(workdir: Path) -> np.ndarray:
-  from iiet_jax.runs import open_run
-  opened = open_run(str(workdir))
-  cfg = dataclasses.replace(opened.training.model.config, dtype="float32")
-  return np.asarray(build_model(cfg).apply({"params": opened.params},
+  from iiet_jax.runs import open_model
+  saved = open_model(str(workdir))
+  cfg = dataclasses.replace(saved.model.config, dtype="float32")
+  return np.asarray(build_model(cfg).apply({"params": saved.params},
                                            np.asarray(TOKENS, np.int32)))
 
 
