@@ -118,6 +118,21 @@ def test_export_refusals_leave_nothing_behind(run_dir, tmp_path):
   assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
 
 
+def test_a_run_saved_without_its_tokenizer_names_the_fix(run_dir, tmp_path):
+  """Runs saved before runs carried their tokenizer: one line, two fixes."""
+  old = tmp_path / "old"
+  shutil.copytree(run_dir / "run", old)
+  (old / "tokenizer.model").unlink()
+  res = _run(MAIN + ["export", f"--workdir={old}", f"--out={tmp_path}/hf"])
+  assert res.returncode == 1
+  assert res.stderr.strip().splitlines() == [
+      f"Run error: The run in {old} was saved before runs carried their "
+      f"tokenizer. Run its `iiet train` command once more (a finished run "
+      f"then only writes its tokenizer into the workdir), or copy the "
+      f"tokenizer .model it trained with to {old}/tokenizer.model."]
+  assert not (tmp_path / "hf").exists()
+
+
 def test_failed_export_writes_nothing(run_dir, tmp_path, monkeypatch):
   from iiet_jax.export import hf_folder, tensor_file
 
