@@ -131,7 +131,7 @@ def main() -> None:
   parser.add_argument("--items", type=int, default=500)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
-  config, _ = ov.load_config_file(args.config)
+  config = ov.load(args.config)
   path = write(config, Path(args.out), args.items, args.seed)
   print(f"wrote {sum(1 for _ in open(path / (TASK + '.jsonl')))} items to "
         f"{path}")

@@ -14,7 +14,6 @@ corpus's size. The last line of output is one JSON object with the figures.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -34,10 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(arg: str):
-  spec = importlib.util.spec_from_file_location("lm", ROOT / "configs" / "lm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from iiet_jax import overrides
+  return overrides.load(f"{ROOT / 'configs' / 'lm.py'}:{arg}")
 
 
 def corpus_size(inputs) -> dict:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import statistics
 import subprocess
@@ -153,10 +152,9 @@ def derived(share: float, num_layers: int, r: int) -> tuple[int, ...]:
 
 
 def load_model(arch: str, size: str, overrides: dict):
-  spec = importlib.util.spec_from_file_location("lm", ROOT / "configs" / "lm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  values = module.get_config(f"model={arch},size={size}").model.to_dict()
+  from iiet_jax import overrides as ov
+  values = ov.load(f"{ROOT / 'configs' / 'lm.py'}:model={arch},size={size}"
+                   ).model.to_dict()
   values.update(overrides, dtype="float32")
   return build_model(values)
 

@@ -62,8 +62,7 @@ def predicted_step_seconds(system: str, args) -> float:
   from iiet_jax import overrides as ov
   from iiet_jax.models.config import ModelConfig
   from iiet_jax.train import flops
-  config, _ = ov.load_config_file(
-      f"configs/reproduce.py:size=55m,system={system}")
+  config = ov.load(f"configs/reproduce.py:size=55m,system={system}")
   model = ModelConfig.from_dict(config.model)
   per_token = flops.train_flops_per_token(model, config.seq_len)
   return per_token * args.batch * config.seq_len / (MFU_ASSUMED * H100_PEAK)

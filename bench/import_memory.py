@@ -20,7 +20,6 @@ object with the figures. Takes about a minute on 2 CPU cores.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -47,7 +46,7 @@ print("phase imports", peak())
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
 folder = tensor_file.Folder(src)
 fields = names.model_config(json.loads((src / "config.json").read_text()))
-config = hf_folder._base_config(None, fields["arch"])
+config = hf_folder._base_config(fields["arch"])
 cfg = ModelConfig.from_dict({**config.model.to_dict(), **fields})
 config = with_model(config, cfg)
 print("phase headers", peak())
@@ -65,11 +64,9 @@ print("phase saved", peak())
 
 
 def model_fields(size: str) -> dict:
-  spec = importlib.util.spec_from_file_location("lm", ROOT / "configs" /
-                                                "lm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(f"model=transformer,size={size}").model.to_dict()
+  from iiet_jax import overrides
+  return overrides.load(f"{ROOT / 'configs' / 'lm.py'}:model=transformer,"
+                        f"size={size}").model.to_dict()
 
 
 def save_llama(folder: Path, size: str, shard: str, dtype: str) -> int:

@@ -169,7 +169,7 @@ def early_documents(data_seed: int) -> dict:
   import grain
   from iiet_jax import overrides
   from iiet_jax.data import sources
-  config, _ = overrides.load_config_file(plateau.CONFIG.format(system="iiet"))
+  config = overrides.load(plateau.CONFIG.format(system="iiet"))
   inputs = sources.open_inputs(config.data, config.model.vocab_size)
   budget = EARLY_STEPS * config.batch_size * config.seq_len
   order = grain.MapDataset.source(inputs.train).shuffle(seed=data_seed)

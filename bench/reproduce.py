@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import choice_task  # noqa: E402  (bench/ siblings)
 import workers  # noqa: E402
+from iiet_jax import overrides as ov  # noqa: E402
 from iiet_jax.runs import finished_summary  # noqa: E402
 
 # E-IIET: share of IIET's iterations kept; 1.0 is the control, the same
@@ -62,11 +62,7 @@ QUICK_DISTILL_STEPS = 12
 
 
 def load_systems():
-  spec = importlib.util.spec_from_file_location(
-      "reproduce_config", ROOT / "configs" / "reproduce.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return ov.load_module(str(ROOT / "configs" / "reproduce.py"))
 
 
 @dataclasses.dataclass
@@ -91,7 +87,8 @@ def plan(root: Path, size: str, quick: bool) -> list[Run]:
     for seed in range(1 if quick else seeds):
       extra = dict(QUICK) if quick else {}
       if quick and system == "transformer_equal_flops":
-        base = cfg.get_config(f"size={size},system=iiet")
+        base = ov.load(f"{ROOT / 'configs' / 'reproduce.py'}:size={size},"
+                       f"system=iiet")
         base.total_steps = QUICK["total_steps"]
         extra["total_steps"] = cfg.equal_flops_steps(base)
       runs.append(Run(system, seed, root / system / f"seed_{seed}", extra))
@@ -108,7 +105,8 @@ def plan(root: Path, size: str, quick: bool) -> list[Run]:
 
 
 def switch_step(run: Run, size: str) -> int:
-  cfg = load_systems().get_config(f"size={size},system={run.system}")
+  cfg = ov.load(f"{ROOT / 'configs' / 'reproduce.py'}:size={size},"
+                f"system={run.system}")
   total = run.overrides.get("total_steps", cfg.total_steps)
   return round(run.overrides.get("switch_at", cfg.switch_at) * total)
 
@@ -277,9 +275,7 @@ def main() -> None:
 
   task_dir = root / "choice_task"
   if not (task_dir / f"{choice_task.TASK}.jsonl").exists():
-    from iiet_jax import overrides as ov
-    config, _ = ov.load_config_file(
-        f"configs/reproduce.py:size={args.size},system=iiet")
+    config = ov.load(f"configs/reproduce.py:size={args.size},system=iiet")
     choice_task.write(config, task_dir,
                       args.items or (100 if args.quick else ITEMS))
   scores = export_and_score(runs, task_dir)

@@ -50,10 +50,12 @@ def _model_facts(system: str, size: str, overrides: dict,
                  iterations=None) -> dict:
   import jax
   import jax.numpy as jnp
-  from reproduce import load_systems
+  from reproduce import ROOT
+  from iiet_jax import overrides as ov
   from iiet_jax.models import build_model
   from iiet_jax.train import flops
-  cfg = load_systems().get_config(f"size={size},system={system}")
+  cfg = ov.load(f"{ROOT / 'configs' / 'reproduce.py'}:size={size},"
+                f"system={system}")
   for key, value in overrides.items():
     if key == "total_steps":
       cfg.total_steps = value

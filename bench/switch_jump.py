@@ -36,7 +36,7 @@ from iiet_jax.train import merge as merge_lib
 
 
 def jumps(workdir: str, step: int, spec: str) -> dict:
-  config, _ = ov.load_config_file(spec)
+  config = ov.load(spec)
   loaders = make_loaders(config)
   fit_batches = [next(loaders.train) for _ in range(config.switch.fit_batches)]
   loaders.close()

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import statistics
@@ -93,10 +92,8 @@ NFE_CONTROLS = {"transformer_nfe": "iiet", "pcformer_nfe": "pcformer"}
 
 
 def load_config(arg: str):
-  spec = importlib.util.spec_from_file_location("lm", ROOT / "configs" / "lm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  from iiet_jax import overrides
+  return overrides.load(f"{ROOT / 'configs' / 'lm.py'}:{arg}")
 
 
 def eiiet_iterations(size: str, num_layers: int) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from iiet_jax import overrides
 from iiet_jax.models import registry
 from iiet_jax.parallel import sharding
 
@@ -65,23 +66,12 @@ INIT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads",
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
-  """'model=iiet,size=tiny' -> {'model': 'iiet', 'size': 'tiny'}."""
-  values = {"model": "iiet", "size": "tiny", "init": ""}
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in values:
-      raise ValueError(
-          f"configs/lm.py got {item!r}; expected model=NAME,size=SIZE"
-          f"[,init=DIR] with NAME in {', '.join(MODELS)} and SIZE in "
-          f"{', '.join(SIZES)}.")
-    values[key] = value
-  if values["model"] not in MODELS:
-    raise ValueError(f"configs/lm.py: model={values['model']!r} is unknown; "
-                     f"choose one of {', '.join(MODELS)}.")
-  if values["size"] not in SIZES:
-    raise ValueError(f"configs/lm.py: size={values['size']!r} is unknown; "
-                     f"choose one of {', '.join(SIZES)}.")
-  return values
+  """'model=iiet,size=tiny' -> {'model': 'iiet', 'size': 'tiny', 'init': ''}."""
+  return overrides.parse_arg(
+      arg, {"model": "iiet", "size": "tiny", "init": ""}, "configs/lm.py",
+      f"model=NAME,size=SIZE[,init=DIR] with NAME in {', '.join(MODELS)} "
+      f"and SIZE in {', '.join(SIZES)}",
+      {"model": MODELS, "size": SIZES})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

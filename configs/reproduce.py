@@ -19,10 +19,11 @@ E-IIET (`system=eiiet`) is the IIAD stage: it needs
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import ml_collections
+
+from iiet_jax import overrides
 
 # name -> (overrides of configs/lm.py, seeds run by bench/reproduce.py).
 # Seed s of every system trains on data order s from init s, so systems are
@@ -72,37 +73,13 @@ SIZES = ("tiny", "55m", "340m")
 DISTILL_STEPS = {"tiny": 150, "55m": 2000, "340m": 3000}
 
 
-def _lm_config(arg: str) -> ml_collections.ConfigDict:
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm.py")
-  spec = importlib.util.spec_from_file_location("iiet_config_lm", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+LM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lm.py")
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
-  values = {"size": "tiny", "system": "iiet"}
-  for item in filter(None, (arg or DEFAULT_ARG).split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in values:
-      raise ValueError(f"configs/reproduce.py got {item!r}; expected "
-                       f"size=SIZE,system=NAME.")
-    values[key] = value
-  if values["size"] not in SIZES:
-    raise ValueError(f"configs/reproduce.py: size={values['size']!r}; choose "
-                     f"one of {', '.join(SIZES)}.")
-  if values["system"] not in SYSTEMS:
-    raise ValueError(f"configs/reproduce.py: system={values['system']!r}; "
-                     f"choose one of {', '.join(SYSTEMS)}.")
-  return values
-
-
-def _set(config, dotted: str, value) -> None:
-  *parents, leaf = dotted.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
+  return overrides.parse_arg(
+      arg, {"size": "tiny", "system": "iiet"}, "configs/reproduce.py",
+      "size=SIZE,system=NAME", {"size": SIZES, "system": tuple(SYSTEMS)})
 
 
 def equal_flops_steps(config) -> int:
@@ -120,10 +97,15 @@ def equal_flops_steps(config) -> int:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   values = parse_arg(arg)
   size, system = values["size"], values["system"]
-  config = _lm_config(f"model=iiet,size={size}")
-  overrides, _ = SYSTEMS[system]
-  for key, value in overrides.items():
-    _set(config, key, value)
+  changes = dict(SYSTEMS[system][0])
+  if size == "tiny":
+    # Checkpoints at the switch step (450) and every quarter, so a killed
+    # run loses at most 150 steps and the two-stage runs can start from
+    # the Transformer++ run's step 450.
+    every = 150 if system != "eiiet" else 50
+    changes.update({"checkpoint.every": every, "eval_every": every,
+                    "log_every": 5, **TINY_HELD_OUT})
+  config = overrides.load(f"{LM}:model=iiet,size={size}", changes)
   if system == "transformer_equal_flops":
     config.total_steps = equal_flops_steps(config)
   if system == "transformer_deep":
@@ -132,15 +114,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if system == "eiiet":
     config.total_steps = DISTILL_STEPS[size]
     config.optimizer.warmup_steps = 10 if size == "tiny" else 100
-  if size == "tiny":
-    # Checkpoints at the switch step (450) and every quarter, so a killed
-    # run loses at most 150 steps and the two-stage runs can start from
-    # the Transformer++ run's step 450.
-    config.checkpoint.every = 150 if system != "eiiet" else 50
-    config.eval_every = 150 if system != "eiiet" else 50
-    config.log_every = 5
-    for key, value in TINY_HELD_OUT.items():
-      _set(config, key, value)
   config.variant = f"size={size},system={system}"
   return config
 

@@ -35,10 +35,12 @@ for key, value in (("JAX_PLATFORMS", "cpu"), ("TPU_SKIP_MDS_QUERY", "1"),
   os.environ.setdefault(key, value)
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/lm.py:model=iiet,size=1.3b.")
+from iiet_jax import overrides as ov  # noqa: E402
+
+_CONFIG = flags.DEFINE_string(
+    "config", None, "Config file, e.g. configs/lm.py:model=iiet,size=1.3b, "
+    "with --config.KEY=VALUE overrides (iiet_jax/overrides.py).")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", "v5e:4x4", "TPU topology GENERATION:SHAPE, e.g. v5e:4x4, "
     "v4:2x2x4, v5p:2x2x4.")
@@ -206,13 +208,17 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required.")
+  try:
+    config = ov.load(_CONFIG.value, ov.config_args(sys.argv))
+  except ov.OverrideError as err:
+    raise SystemExit(f"Config error: {err}") from None
   devices = topology_devices(_TOPOLOGY.value, _SLICES.value)
-  _CONFIG.value.mesh.slices = _SLICES.value
+  config.mesh.slices = _SLICES.value
   if _FIT.value:
     print(f"Searching remat policies and micro-batch counts for "
-          f"{_CONFIG.value.get('variant', '')} on {_TOPOLOGY.value}:",
+          f"{config.get('variant', '')} on {_TOPOLOGY.value}:",
           flush=True)
-    found = fit(_CONFIG.value, devices, _FIT_POLICIES.value)
+    found = fit(config, devices, _FIT_POLICIES.value)
     if not found:
       print("Nothing fits: use more chips (--topology) or a smaller "
             "--config.batch_size.")
@@ -223,7 +229,7 @@ def main(argv):
               f"{overrides(r)}")
     print(json.dumps([dict(r, overrides=overrides(r)) for r in found]))
     sys.exit(0 if found else 1)
-  result = compile_train_step(_CONFIG.value, devices)
+  result = compile_train_step(config, devices)
   result["topology"] = _TOPOLOGY.value
   result["slices"] = _SLICES.value
   if "error" in result:
@@ -238,5 +244,12 @@ def main(argv):
     sys.exit(1)
 
 
+def _parse_flags(argv):
+  """absl parses the flags above; the --config.* overrides go to ov.load."""
+  spec = ov.config_spec(argv)
+  return flags.FLAGS(ov.without_config(argv) +
+                     ([f"--config={spec}"] if spec is not None else []))
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

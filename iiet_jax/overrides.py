@@ -1,7 +1,15 @@
-"""Config files and `--config.KEY=VALUE` overrides on the command line.
+"""The one config loader: a config file and its `--config.KEY=VALUE`
+overrides, for the command line, aot, sweeps, configs/reproduce.py, the
+benchmarks and the tests.
 
-absl parses the overrides; this module checks them first, so an unknown key
-is reported with the closest valid ones instead of a bare KeyError.
+  config = load("configs/lm.py:model=iiet,size=tiny",
+                ["--config.total_steps=40"])       # or {"total_steps": 40}
+
+Every key is checked first, so an unknown one is reported with the closest
+valid keys instead of a bare KeyError; ml_collections' config_flags converts
+the values by the type each field has (on a flag set of its own, never
+absl's global one); per-layer lists (`--config.model.iterations=3,1,1,1`)
+are applied after it, as absl would read them as one int.
 """
 
 from __future__ import annotations
@@ -22,17 +30,109 @@ class OverrideError(UserError, ValueError):
   kind = "Config"
 
 
-def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, object]:
-  """`path.py[:arg]` -> (get_config(arg), the module)."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str, what: str | None = None):
+  """The Python file `path` as a module (a config file, or a helper a
+  config file imports from beside it); its errors name the file."""
+  what = what or path
   if not os.path.isfile(path):
-    raise OverrideError(f"--config={spec}: no config file at {path}.")
+    raise OverrideError(f"--config={what}: no config file at {path}.")
   module_spec = importlib.util.spec_from_file_location(
       "iiet_config_" + os.path.basename(path).removesuffix(".py"), path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as err:  # a syntax error, a failing import: the file's
+    raise OverrideError(f"--config={what}: {path} cannot be loaded "
+                        f"({type(err).__name__}: {err}).") from None
+  return module
+
+
+def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, object]:
+  """`path.py[:arg]` -> (get_config(arg), the module), no overrides."""
+  path, _, arg = spec.partition(":")
+  module = load_module(path, spec)
+  if not callable(getattr(module, "get_config", None)):
+    raise OverrideError(f"--config={spec}: {path} defines no get_config(); "
+                        f"a config file returns its ConfigDict from "
+                        f"get_config(arg=None).")
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except UserError:
+    raise
+  except (ValueError, KeyError, TypeError) as err:
+    raise OverrideError(f"--config={spec}: {err}") from None
   return config, module
+
+
+def config_args(argv: Sequence[str]) -> list[str]:
+  """The `--config.KEY=VALUE` (and `--config.KEY VALUE`) items of argv."""
+  out, argv = [], list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config."):
+      out.append(arg)
+      if ("=" not in arg and i + 1 < len(argv)
+          and not argv[i + 1].startswith("--")):
+        out.append(argv[i + 1])
+  return out
+
+
+def without_config(argv: Sequence[str]) -> list[str]:
+  """argv less `--config=SPEC` and every override: what absl parses."""
+  drop = set(config_args(argv))
+  spec = config_spec(argv)
+  out, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+      continue
+    if arg == "--config" and spec is not None:
+      skip = True
+      continue
+    if arg.startswith("--config=") or arg in drop:
+      continue
+    out.append(arg)
+  return out
+
+
+def load(spec: str, args=()) -> ml_collections.ConfigDict:
+  """`get_config` of `path.py[:arg]` with the overrides `args` applied:
+  `--config.KEY=VALUE` strings or a {KEY: value} dict. Locked: a key the
+  config lacks cannot be set later by mistake."""
+  from absl import flags
+  from ml_collections import config_flags
+  config, _ = load_config_file(spec)   # the file's own errors, named
+  if isinstance(args, dict):
+    args = override_args(args)
+  args = list(args)
+  check_keys(config, override_keys(args))
+  argv = ["iiet", f"--config={spec}", *without_sequences(args, spec)]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                  lock_config=True, sys_argv=argv)
+  try:
+    values(argv)
+  except flags.Error as err:
+    raise OverrideError(str(err).split("\n")[0]) from None
+  return apply_sequences(values.config, args)
+
+
+def parse_arg(arg: str | None, defaults: dict[str, str], where: str,
+              usage: str, choices: dict[str, Sequence[str]] | None = None
+              ) -> dict[str, str]:
+  """A config file's argument ('model=iiet,size=tiny', after the `:` of
+  --config) -> `defaults` updated with its items; an unknown key, an item
+  without `=` or a value outside its `choices` is a ValueError naming it."""
+  values = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in values:
+      raise ValueError(f"{where} got {item!r}; expected {usage}.")
+    values[key] = value
+  for key, allowed in (choices or {}).items():
+    if values[key] not in allowed:
+      raise ValueError(f"{where}: {key}={values[key]!r} is unknown; choose "
+                       f"one of {', '.join(allowed)}.")
+  return values
 
 
 def flat_keys(config, prefix: str = "") -> list[str]:

@@ -3,7 +3,6 @@ metrics a run wrote, a SIGTERM after a chosen step."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_lm_config(arg: str):
-  spec = importlib.util.spec_from_file_location("lm_config",
-                                                ROOT / "configs" / "lm.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+def load_lm_config(arg: str, changes=()):
+  """configs/lm.py's config for `arg`, with overrides (overrides.load)."""
+  from iiet_jax import overrides
+  return overrides.load(f"{ROOT / 'configs' / 'lm.py'}:{arg}", changes)
 
 
 def tiny_training_config(arch: str = "iiet", mesh=(1, 1, 1),

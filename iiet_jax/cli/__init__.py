@@ -34,23 +34,18 @@ def _command(argv: list[str]) -> str:
 
 
 def _parse(command: str, argv: list[str]):
-  """absl-parses argv for `command`; returns (flags, positional args)."""
+  """absl-parses argv for `command`, then loads its config (with the
+  `--config.*` overrides absl never sees); returns (flags, positional args,
+  config or None)."""
   from absl import flags
   from iiet_jax import overrides
   from iiet_jax.cli.commands import UsageError
-  from iiet_jax.errors import UserError
   spec = overrides.config_spec(argv)
-  if spec:  # loaded here too, so its errors and unknown keys read plainly
-    try:
-      config = overrides.load_config_file(spec)[0]
-    except UserError:
-      raise
-    except (ValueError, KeyError, TypeError) as err:
-      raise overrides.OverrideError(f"--config={spec}: {err}") from None
-    overrides.check_keys(config, overrides.override_keys(argv))
+  given = overrides.config_args(argv)
   cli_flags.define(command)
   try:
-    rest = flags.FLAGS(overrides.without_sequences(argv, spec))
+    rest = flags.FLAGS(overrides.without_config(argv) +
+                       ([f"--config={spec}"] if spec is not None else []))
   except flags.Error as err:
     message = str(err).split("\n")[0]
     if message.startswith("flag --config"):
@@ -60,7 +55,11 @@ def _parse(command: str, argv: list[str]):
   if len(rest) > 1 and command != "plot":
     raise UsageError(f"Unexpected arguments {rest[1:]}: flags are written "
                      f"--NAME=VALUE (`iiet {command} --help` lists them).")
-  return flags.FLAGS, rest[1:]
+  if given and not spec:
+    raise UsageError(f"{given[0]} overrides a config, but no --config=FILE "
+                     f"names one (`iiet {command} --help` lists the flags).")
+  config = overrides.load(spec, given) if spec else None
+  return flags.FLAGS, rest[1:], config
 
 
 def main(argv: list[str]) -> int:
@@ -76,10 +75,12 @@ def main(argv: list[str]) -> int:
     if command == "distill":
       argv.append("--config.stage=distill")
     sys.argv = argv
-    F, rest = _parse(command, argv)
+    F, rest, config = _parse(command, argv)
     from iiet_jax.cli import commands
     if command == "plot":
       commands.plot(F, rest)
+    elif any(f.kind == "config" for f in cli_flags.COMMANDS[command].flags):
+      commands.HANDLERS[command](F, config)
     else:
       commands.HANDLERS[command](F)
     return 0

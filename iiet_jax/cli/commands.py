@@ -35,13 +35,13 @@ def _need(F, name: str, command: str, what: str) -> str:
   return value
 
 
-def _run_config(F, command: str):
-  if F.config is None:
+def _run_config(F, config, command: str):
+  if config is None:
     raise UsageError(f"{command} needs --config, e.g. "
                      f"--config=configs/lm.py:model=iiet,size=tiny.")
   _need(F, "workdir", command, "where checkpoints and metrics go (an "
         "existing run there is resumed)")
-  return overrides.apply_sequences(F.config, sys.argv)
+  return config
 
 
 def print_summary(s: dict) -> None:
@@ -56,10 +56,10 @@ def print_summary(s: dict) -> None:
   print(f"  metrics          {s['metrics']} (TensorBoard: {s['tensorboard']})")
 
 
-def train(F, command: str = "train") -> None:
+def train(F, config, command: str = "train") -> None:
   from iiet_jax import preflight, stages
   from iiet_jax.parallel import multihost
-  config = _run_config(F, command)
+  config = _run_config(F, config, command)
   if command == "distill" and F.dry_run:
     d = config.distill
     return influence(F, workdir=d.teacher, batches=d.influence_batches,
@@ -71,14 +71,14 @@ def train(F, command: str = "train") -> None:
   print_summary(stages.train(config, workdir))
 
 
-def distill(F) -> None:
-  train(F, "distill")
+def distill(F, config) -> None:
+  train(F, config, "distill")
 
 
-def sweep(F) -> None:
+def sweep(F, config) -> None:
   from iiet_jax import sweep as sweep_lib
-  _run_config(F, "sweep")
-  extra = [a for a in sys.argv[1:] if a.startswith("--config.")]
+  _run_config(F, config, "sweep")
+  extra = overrides.config_args(sys.argv[1:])
   sys.exit(sweep_lib.sweep(overrides.config_spec(sys.argv), F.workdir, extra,
                            F.sweep_dry_run))
 
@@ -152,12 +152,11 @@ def score(F) -> None:
   logs.attach(workdir)
 
 
-def import_hf(F) -> None:
+def import_hf(F, config) -> None:
   from iiet_jax.export import hf_folder
   hf = _need(F, "hf", "import", "a Hugging Face folder")
   workdir = _need(F, "workdir", "import", "the new run directory")
-  out = hf_folder.import_folder(hf, workdir, overrides.config_spec(sys.argv),
-                                F.overwrite)
+  out = hf_folder.import_folder(hf, workdir, config, F.overwrite)
   print(f"imported   {hf} -> {out} (step 0); continue training with "
         f"--config.init_from={out}")
   if not any((out / n).is_file() for n in ("tokenizer.model",
@@ -176,6 +175,7 @@ def plot(F, more_runs: list[str]) -> None:
   print(f"plotted    {len(runs)} run(s) -> {out}")
 
 
+# A command with a --config flag (cli/flags.py) gets the loaded config too.
 HANDLERS = {"train": train, "sweep": sweep, "influence": influence,
             "distill": distill, "generate": generate, "export": export,
             "score": score, "import": import_hf}

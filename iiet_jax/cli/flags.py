@@ -121,11 +121,9 @@ COMMANDS = {
 def define(command: str) -> None:
   """Defines `command`'s flags in absl's global flag set."""
   from absl import flags
-  from ml_collections import config_flags
   for flag in COMMANDS[command].flags:
-    if flag.kind == "config":
-      config_flags.DEFINE_config_file(flag.name, None, flag.help,
-                                      lock_config=True)
+    if flag.kind == "config":   # loaded by overrides.load, with its
+      flags.DEFINE_string(flag.name, None, flag.help)   # --config.* items
     elif flag.kind == "enum":
       flags.DEFINE_enum(flag.name, flag.default, list(flag.choices),
                         flag.help)

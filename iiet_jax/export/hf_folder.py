@@ -116,18 +116,17 @@ def export(workdir: str, out: str, step: int | None = None,
   return out_dir
 
 
-def _base_config(config_spec: str | None, arch: str
-                 ) -> ml_collections.ConfigDict:
-  """The run config an imported model trains with (configs/lm.py default)."""
-  from iiet_jax.overrides import OverrideError, load_config_file
+def _base_config(arch: str) -> ml_collections.ConfigDict:
+  """The run config an imported model trains with when none is given."""
+  from iiet_jax.overrides import OverrideError, load
   try:
-    return load_config_file(config_spec or
-                            f"{CONFIG_FILE}:model={arch},size=tiny")[0]
+    return load(f"{CONFIG_FILE}:model={arch},size=tiny")
   except OverrideError as err:
     raise ExportError(f"{err} Pass --config=FILE[:ARG].") from err
 
 
-def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
+def import_folder(hf_dir: str, workdir: str,
+                  config: ml_collections.ConfigDict | None = None,
                   overwrite: bool = False) -> Path:
   """Writes `workdir`/checkpoints/0 from the HF folder `hf_dir` (one
   model.safetensors or shards with their index), tensor by tensor."""
@@ -138,7 +137,7 @@ def import_folder(hf_dir: str, workdir: str, config_spec: str | None = None,
   folder = tensor_file.Folder(src)  # every header checked, no data read
   from iiet_jax.overrides import with_model
   fields = names.model_config(json.loads((src / "config.json").read_text()))
-  config = _base_config(config_spec, fields["arch"])
+  config = config if config is not None else _base_config(fields["arch"])
   cfg = ModelConfig.from_dict({**config.model.to_dict(), **fields})
   config = with_model(config, cfg)
   with config.unlocked():

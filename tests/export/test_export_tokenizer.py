@@ -99,13 +99,10 @@ def _config_file(tmp_path: Path) -> Path:
     (docs / f"doc{i}.txt").write_text(text, encoding="utf-8")
   path = tmp_path / "cfg.py"
   path.write_text(
-      "import importlib.util\n"
-      f"spec = importlib.util.spec_from_file_location('lm', "
-      f"{str(ROOT / 'configs' / 'lm.py')!r})\n"
-      "lm = importlib.util.module_from_spec(spec)\n"
-      "spec.loader.exec_module(lm)\n"
+      "from iiet_jax import overrides\n"
       "def get_config():\n"
-      "  config = lm.get_config('model=transformer,size=tiny')\n"
+      f"  config = overrides.load({str(ROOT / 'configs' / 'lm.py')!r}"
+      f" + ':model=transformer,size=tiny')\n"
       "  config.data.source = 'files'\n"
       f"  config.data.paths = ({str(docs)!r},)\n"
       f"  config.data.data_dir = {str(tmp_path / 'tfds')!r}\n"
@@ -136,8 +133,10 @@ def test_import_of_a_folder_with_only_tokenizer_json(tmp_path):
   assert sorted(os.listdir(src)) == ["config.json", "generation_config.json",
                                      "model.safetensors", "tokenizer.json"]
 
-  out = hf_folder.import_folder(str(src), str(tmp_path / "ours"),
-                                str(_config_file(tmp_path)))
+  from iiet_jax import overrides
+  out = hf_folder.import_folder(
+      str(src), str(tmp_path / "ours"),
+      overrides.load(str(_config_file(tmp_path))))
   assert (out / "tokenizer.json").read_bytes() == \
       (src / "tokenizer.json").read_bytes()
   assert json.loads((out / "tokenizer_config.json").read_text()) == {

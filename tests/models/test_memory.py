@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from iiet_jax import overrides
 from iiet_jax.models import ModelConfig
 
-_spec = importlib.util.spec_from_file_location(
-    "layer_stack_bench",
-    Path(__file__).resolve().parents[2] / "bench" / "layer_stack.py")
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = overrides.load_module(
+    str(Path(__file__).resolve().parents[2] / "bench" / "layer_stack.py"))
 
 
 @pytest.mark.parametrize("arch", ["iiet", "pcformer"])
