@@ -51,7 +51,7 @@ def jumps(workdir: str, step: int, spec: str) -> dict:
                              jnp.zeros((1, config.seq_len), jnp.int32))
                    ["params"])
   merged, _ = merge_lib.merge(tf_params, fresh,
-                              allow_new=registry.HISTORY_PARAMS)
+                              allow_new=registry.ADDED_PARAMS)
   fit = jax.jit(switch_init.sums_fn(tf_model, tf_model.config.ln_eps))
   sums = switch_init.accumulate(lambda b: fit(tf_params, b), fit_batches)
   out = {"workdir": workdir, "step": step,

@@ -25,6 +25,7 @@ import ml_collections
 
 from iiet_jax import overrides
 from iiet_jax.models import registry
+from iiet_jax.models.config import WEIGHT_FIELDS
 from iiet_jax.parallel import sharding
 
 # The architectures (iiet_jax/models/registry.py).
@@ -54,15 +55,6 @@ FSDP_SIZES = ("340m", "740m", "1.3b")
 FSDP_MICRO_BATCHES = 4
 
 DEFAULT_ARG = "model=iiet,size=tiny"
-
-
-# The model fields `init=DIR` takes from DIR's checkpoint: its shape and
-# positions, everything the imported weights fix.
-INIT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads",
-               "num_kv_heads", "d_ff", "tie_embeddings", "max_seq_len",
-               "rope_base", "rope_type", "rope_factor", "rope_low_freq_factor",
-               "rope_high_freq_factor", "rope_original_max_positions",
-               "rms_eps", "init_std")
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -189,7 +181,7 @@ def from_init(config, source: str) -> None:
   the paper's second stage alone (iiet_jax/stages/pretrain.py)."""
   from iiet_jax import checkpoint  # read only when a checkpoint is named
   run = checkpoint.saved_run(source)
-  for key in INIT_FIELDS:
+  for key in WEIGHT_FIELDS:   # what the imported weights fix
     if key in run.model:
       config.model[key] = run.model[key]
   tokenizer = run.config.get("data", {}).get("tokenizer")
@@ -233,16 +225,16 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-  """`iiet sweep`: the paper's ablations, one run per dict of overrides.
+  """`iiet sweep`: the paper's sweeps, one run per dict of overrides.
 
-  Each architecture's `ablation` (models/registry.py): IIET implicit
+  Each architecture's `paper_sweep` (models/registry.py): IIET implicit
   iterations r = 1, 2, 3; PCformer RK order 2 and 4. Without one
   (Transformer++): the peak learning rate.
   """
   model = parse_arg(arg or DEFAULT_ARG)["model"]
-  ablation = registry.get(model).ablation
-  if ablation:
-    field, values = ablation
+  swept = registry.get(model).paper_sweep
+  if swept:
+    field, values = swept
     return [{f"model.{field}": v} for v in values]
   peak = get_config(arg).optimizer.peak_lr
   return [{"optimizer.peak_lr": peak * f} for f in (0.5, 1.0, 2.0)]

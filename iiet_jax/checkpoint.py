@@ -31,12 +31,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from iiet_jax import storage
 from iiet_jax.errors import UserError, warn
+from iiet_jax.models.config import TREE_FIELDS
 
-# Fields that change the parameter tree; the others (dtypes of compute,
-# remat, attention kernel, ...) may differ between a save and a restore.
-STRUCTURAL_FIELDS = ("arch", "vocab_size", "num_layers", "d_model",
-                     "num_heads", "num_kv_heads", "d_ff", "tie_embeddings",
-                     "iterations", "pc_order", "scan_layers", "param_dtype")
 VALIDATION_METRIC = "validation_loss"
 
 
@@ -73,7 +69,7 @@ def check_compatible(saved: Mapping[str, Any], wanted: Mapping[str, Any],
   # Checkpoints from before grouped-query attention had one kv head per head.
   saved = {"num_kv_heads": saved.get("num_heads"), **saved}
   diffs = [f"{k}: saved {saved.get(k)!r}, config {wanted.get(k)!r}"
-           for k in STRUCTURAL_FIELDS
+           for k in TREE_FIELDS
            if _plain(saved.get(k)) != _plain(wanted.get(k))]
   if diffs:
     raise CheckpointError(

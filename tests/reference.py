@@ -208,7 +208,7 @@ def from_flax(params, cfg):
     ))
   P = dict(embedding=params["embedding"], head=params.get("head"),
            norm_f=params["final_norm"]["scale"], layers=layers)
-  if cfg.arch != "transformer":
+  if "history" in decoder:  # IIET, PCformer: W, Wc, LNp_t, LNc_t
     P.update(W=decoder["history"]["weight"], Wc=decoder["history"]["weight_c"],
              LNp=[l.pop("LNp") for l in layers],
              LNc=[l.pop("LNc") for l in layers])

@@ -8,6 +8,7 @@ the same prefix rule with the largest tau that keeps enough.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -76,6 +77,9 @@ def by_budget(influence_LR: np.ndarray, fraction: float
   return by_threshold(values, 0.0), 0.0
 
 
-def block_evaluations(iterations) -> int:
-  """Per token: the predictor plus r_t iterations in every layer."""
-  return sum(1 + r for r in iterations)
+def block_evaluations(model_cfg, iterations=None) -> int:
+  """Block evaluations per token of `model_cfg` with `iterations` (default
+  its own), as its architecture's record counts them (models/registry.py)."""
+  if iterations is not None:
+    model_cfg = dataclasses.replace(model_cfg, iterations=tuple(iterations))
+  return sum(model_cfg.block_evaluations_per_layer())

@@ -27,6 +27,21 @@ DTYPES = ("float32", "bfloat16", "float16")
 # RoPE frequency schedules, as transformers names them (`rope_type`).
 ROPE_TYPES = ("default", "llama3")
 PC_ORDERS = (2, 4)
+
+# The fields that fix the parameter tree: a checkpoint restores only onto a
+# model with the same values (checkpoint.check_compatible); the others
+# (compute dtype, remat, attention kernel, ...) may differ.
+TREE_FIELDS = ("arch", "vocab_size", "num_layers", "d_model", "num_heads",
+               "num_kv_heads", "d_ff", "tie_embeddings", "iterations",
+               "pc_order", "scan_layers", "param_dtype")
+# The fields a model's weights fix whatever the architecture that reads
+# them: the shape, positions (RoPE) and norms. `init=DIR` takes these from
+# DIR's checkpoint (configs/lm.py).
+WEIGHT_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads",
+                 "num_kv_heads", "d_ff", "tie_embeddings", "max_seq_len",
+                 "rope_base", "rope_type", "rope_factor",
+                 "rope_low_freq_factor", "rope_high_freq_factor",
+                 "rope_original_max_positions", "rms_eps", "init_std")
 # `checkpoint_name` tags in the model; `remat_policy="save_names"` keeps the
 # ones listed in `remat_save_names` and recomputes the rest.
 CHECKPOINT_NAMES = ("query_proj", "key_proj", "value_proj", "attention_out",

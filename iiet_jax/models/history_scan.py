@@ -59,7 +59,7 @@ settings): 7.28 -> 6.69 GiB. Tried and dropped, measured at the same point:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -55,17 +55,18 @@ class Architecture:
   # Keeps the learned history W, Wc (SPEC.md section 3): a Transformer++
   # can switch into it (SPEC.md section 5).
   history: bool = False
-  # Regexes of the parameter paths it adds to Transformer++: what the switch
-  # creates and `optimizer.history_lr_scale` scales.
-  history_params: tuple[str, ...] = ()
+  # Regexes of every parameter path it adds to Transformer++ (the history
+  # W / Wc, and also its norms, PCformer's alpha and RK norms): what the
+  # switch creates and `optimizer.history_lr_scale` scales.
+  added_params: tuple[str, ...] = ()
   # Forward FLOPs per token beyond the blocks and the head (train/flops.py).
   extra_flops: Callable[[Any], float] = lambda cfg: 0.0
   # Reads model.iterations (implicit iterations per layer): what influence,
   # IIAD and E-IIET apply to.
   implicit_iterations: bool = False
-  # The paper's ablation for `iiet sweep`: a model field and its values;
-  # None sweeps the peak learning rate.
-  ablation: tuple[str, tuple] | None = None
+  # The paper's sweep of this architecture for `iiet sweep`: a model field
+  # and its values; None sweeps the peak learning rate.
+  paper_sweep: tuple[str, tuple] | None = None
   # At an inheriting switch (stages/switch_init.py): values that keep the
   # inherited Transformer++ function, and whether LNp_t normalises the layer
   # input h_{t-1} (else B_t's output, fitted on h_t).
@@ -119,10 +120,10 @@ ARCHITECTURES = (
         decoder="iiet_jax.models.iiet:IIETDecoder",
         block_evaluations=lambda cfg: tuple(1 + r for r in cfg.iterations),
         history=True,
-        history_params=(r"decoder/history/", r"/predictor_norm/",
+        added_params=(r"decoder/history/", r"/predictor_norm/",
                         r"/corrector_norm/"),
         extra_flops=_iiet_extra_flops, implicit_iterations=True,
-        ablation=("iterations", (1, 2, 3)),
+        paper_sweep=("iterations", (1, 2, 3)),
         hf_model_type="iiet", pytorch_class="IIETForCausalLM",
         hf_auto_map=_REMOTE_CODE, hf_use_cache=False,
         hf_layer_params=_HISTORY_LAYER, hf_model_params=_HISTORY_MODEL),
@@ -131,11 +132,11 @@ ARCHITECTURES = (
         decoder="iiet_jax.models.pcformer:PCformerDecoder",
         block_evaluations=lambda cfg: (cfg.pc_order + 1,) * cfg.num_layers,
         history=True,
-        history_params=(r"decoder/history/", r"/predictor_norm/",
+        added_params=(r"decoder/history/", r"/predictor_norm/",
                         r"/corrector_norm/", r"decoder/alpha$",
                         r"decoder/rk_"),
         extra_flops=_pcformer_extra_flops,
-        ablation=("pc_order", (2, 4)),
+        paper_sweep=("pc_order", (2, 4)),
         # alpha = 0: the RK predictor is P = h_{t-1}.
         switch_inherit=(("decoder/alpha", 0.0),),
         predictor_norm_on_input=True,
@@ -152,9 +153,9 @@ NAMES = tuple(a.name for a in ARCHITECTURES)
 # (SPEC.md section 5): the first phase of a two-stage run.
 BASE = "transformer"
 _BY_NAME = {a.name: a for a in ARCHITECTURES}
-# Every architecture's history_params, for code that sees any tree.
-HISTORY_PARAMS = tuple(dict.fromkeys(
-    p for a in ARCHITECTURES for p in a.history_params))
+# Every architecture's added_params, for code that sees any tree.
+ADDED_PARAMS = tuple(dict.fromkeys(
+    p for a in ARCHITECTURES for p in a.added_params))
 
 
 def unknown_message(name: Any) -> str:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import runs
 from iiet_jax.iiad import influence as inf
-from iiet_jax.iiad import selection
+from iiet_jax.iiad import teacher as teacher_lib
 from iiet_jax.models import registry
 from iiet_jax.overrides import with_model
 from iiet_jax.parallel import sharding as shd
@@ -113,15 +113,9 @@ def choose_iterations(config, model, params, batches) -> dict:
   """Influence on `batches`, then r_t by `distill.tau` or `distill.budget`."""
   measured = inf.measure(model, params, batches)
   d = config.distill
-  if d.budget:
-    counts, tau = selection.by_budget(measured.state_change, d.budget)
-  else:
-    tau = d.tau
-    counts = selection.by_threshold(measured.state_change, tau)
-  teacher_nfe = selection.block_evaluations(model.config.iterations)
-  return {"iterations": list(counts), "tau": tau, "influence":
-          measured.to_json(), "block_evaluations": selection.block_evaluations(
-              counts), "teacher_block_evaluations": teacher_nfe}
+  chosen = teacher_lib.select(measured.state_change, model.config,
+                              config.seq_len, d.tau, d.budget)
+  return {**chosen, "influence": measured.to_json()}
 
 
 def build(config, batch_keys, loaders, workdir) -> DistillTraining:

@@ -68,10 +68,12 @@ def phases(config) -> list[Phase]:
     except switch_init.SwitchInitError as err:
       raise PlanError(str(err)) from None
   if not registry.get(arch).history:
+    targets = " / ".join(f"model={a.name}" for a in registry.ARCHITECTURES
+                         if a.history)
     raise PlanError(
-        f"switch_at={switch_at} switches Transformer++ to IIET or PCformer, "
-        f"but model.arch='transformer'; set switch_at=0 or choose "
-        f"model=iiet / model=pcformer.")
+        f"switch_at={switch_at} switches Transformer++ to an architecture "
+        f"with a history, but model.arch={arch!r} has none; set switch_at=0 "
+        f"or choose {targets}.")
   switch = round(switch_at * total)
   if switch_at == 0.0:
     # The paper's second stage from an imported Transformer++: an empty
@@ -137,7 +139,7 @@ def switch(state, fresh, model_config=None, switch_cfg=None,
   `residual_sums(params)` gives the
   Transformer++ residual-stream sums its norm fit needs."""
   params, report = merge_lib.merge(state.params, fresh.params,
-                                   allow_new=registry.HISTORY_PARAMS)
+                                   allow_new=registry.ADDED_PARAMS)
   if switch_cfg is not None:
     sums = None
     if switch_cfg.norm_init == "fit":
@@ -146,7 +148,7 @@ def switch(state, fresh, model_config=None, switch_cfg=None,
         params, model_config.arch, model_config.num_layers, switch_cfg, sums)
     report.update(init_report)
   opt_state, _ = merge_lib.merge(state.opt_state, fresh.opt_state,
-                                 allow_new=registry.HISTORY_PARAMS,
+                                 allow_new=registry.ADDED_PARAMS,
                                  what="opt_state")
   new = fresh.replace(step=state.step, params=params, opt_state=opt_state,
                       tokens_hi=state.tokens_hi, tokens_lo=state.tokens_lo)

@@ -31,21 +31,23 @@ import jax
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.data.loader import make_loaders
-from iiet_jax.models import registry
 from iiet_jax.parallel import multihost
 from iiet_jax.parallel.preemption import Preemption
-from iiet_jax.train import flops
 from iiet_jax.train import profiling
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
 from iiet_jax.train import warm_start
+from iiet_jax.train import writers as writers_lib
 from iiet_jax.train.build import Training, build_training
 from iiet_jax.train.writers import MetricWriters
 
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-  name: str      # saved with its checkpoints; the architecture trained
+  # Saved with each checkpoint as the model description's "phase": the
+  # architecture a pre-training phase trains ("transformer", "iiet", ...),
+  # or "distill"; a resume continues in the phase it names.
+  name: str
   start: int     # first step (state.step before it)
   end: int       # state.step after its last step
   config: Any    # the run config, with this phase's model
@@ -68,224 +70,234 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
   if "://" not in str(workdir):  # Orbax needs absolute local paths.
     workdir = epath.Path(os.path.abspath(workdir))
   workdir.mkdir(parents=True, exist_ok=True)
-  trace = profiling.StepTrace(config, workdir / "tensorboard")
-  loaders = make_loaders(config)
-  if loaders.tokenizer is not None and jax.process_index() == 0:
-    tok_lib.carry(loaders.tokenizer, workdir)   # what readers of the run use
-  built: dict[str, Training] = {}
-
-  def training_for(phase: Phase) -> Training:
-    if phase.name not in built:
-      if phase.build is None:
-        built[phase.name] = build_training(phase.config,
-                                           batch_keys=loaders.batch_keys)
-      else:
-        built[phase.name] = phase.build(phase.config, loaders.batch_keys,
-                                        loaders, workdir)
-    return built[phase.name]
-
-  def description(phase: Phase) -> dict[str, Any]:
-    return ckpt_lib.describe(training_for(phase).model.config, phase.name)
-
-  def check(step: int, saved: dict[str, Any]):
-    names = [p.name for p in plan]
-    if saved.get("phase") not in names:
-      raise ckpt_lib.CheckpointError(
-          f"{workdir} holds a checkpoint (step {step}) of a "
-          f"{saved.get('phase')!r} phase; this config trains {names}. Use a "
-          f"new --workdir for this config.")
-    phase = plan[names.index(saved["phase"])]
-    ckpt_lib.check_compatible(saved, description(phase), str(workdir))
-    return training_for(phase).sharded_state()
-
-  writers = MetricWriters(str(workdir), config.total_steps,
-                          enabled=jax.process_index() == 0,
-                          log_every=config.log_every)
-  checkpoints = ckpt_lib.Checkpoints(
-      workdir / "checkpoints", keep=config.checkpoint.keep,
-      keep_best=config.checkpoint.keep_best,
-      async_save=config.checkpoint.async_save)
+  run = _Run(config, workdir, plan)
   try:
-    config_json = json.loads(config.to_json_best_effort())
-    restored = checkpoints.restore(training_for(plan[0]).sharded_state(),
-                                   loaders.train.grain_iterator, check)
-    if restored is not None:
-      state, phase_name = restored.state, restored.model["phase"]
-      for bad in restored.skipped:
-        writers.event(restored.step, f"checkpoint step {bad} unreadable; "
-                      f"fell back to step {restored.step}")
-      writers.event(restored.step, f"resumed from step {restored.step} "
-                    f"({phase_name}) in {checkpoints.directory}")
-    else:
-      phase_name = plan[0].name
-      state = training_for(plan[0]).init_state(config.seed)
-      if plan[0].init is not None:
-        state, change = plan[0].init(state, training_for(plan[0]))
-        writers.event(0, f"initialised: {change}")
-      if config.init_from:
-        state = warm_start.load_params(state, training_for(plan[0]), config)
-        writers.event(0, f"warm start: parameters from {config.init_from}")
-
-    done = workdir / "summary.json"
-    if int(state.step) >= config.total_steps and done.exists():
-      writers.event(int(state.step), f"the run in {workdir} is complete; its "
-                    f"summary follows (raise --config.total_steps to go on)")
-      checkpoints.close()
-      loaders.close()
-      writers.close()
-      return json.loads(done.read_text())
+    state, phase_name = run.start()
+    complete = run.complete_summary(state)
+    if complete is not None:
+      return complete
     if jax.process_index() == 0:
-      print(_header(config, plan, training_for, loaders), flush=True)
+      print(writers_lib.header(config, plan, run.training, run.loaders), flush=True)
     preemption = Preemption()
     step = int(state.step)
-    val, metrics, feed = None, {}, None
-    timer = {"tokens": 0, "seconds": 0.0}
     try:
       for index, phase in enumerate(plan):
         if step >= phase.end and index < len(plan) - 1:
           continue
-        training = training_for(phase)
         if phase.name != phase_name:
-          if phase.enter is None or index == 0:
-            raise ValueError(f"the plan's phase {phase.name!r} follows "
-                             f"{phase_name!r} but has no `enter` hook")
-          state, change = phase.enter(state, training,
-                                      training_for(plan[index - 1]), loaders)
+          state = run.enter(index, state, step)
           phase_name = phase.name
-          writers.event(step, f"switched to {phase.name} at step {step}: "
-                        f"{change}")
-        shardings = step_lib.batch_shardings(loaders.batch_keys, training.mesh,
-                                             training.rules)
-        feed = lambda b, s=shardings: multihost.global_batch(
-            b, s, config.batch_size)
-        first = True
-        while step < phase.end:
-          t0 = time.perf_counter()
-          state, metrics = trace.call(step + 1, training.train_step, state,
-                                      feed(next(loaders.train)))
-          step += 1
-          log = step % config.log_every == 0 or step == config.total_steps
-          if log or first:
-            jax.block_until_ready(metrics)
-          if not first:  # the first step of a phase compiles
-            timer["seconds"] += time.perf_counter() - t0
-            timer["tokens"] += config.batch_size * config.seq_len
-          first = False
-          if log:
-            writers.write(step,
-                          _train_metrics(metrics, timer, training, config))
-            writers.progress(step, _train_metrics(metrics, timer, training,
-                                                  config))
-          evaluated = None
-          if step % config.eval_every == 0 or step == config.total_steps:
-            val = loss_lib.evaluate(training.eval_step, state.params,
-                                    loaders.validation, feed)
-            writers.write(step, val, prefix="validation")
-            writers.event(step, f"validation loss {val['loss']:.4f}, "
-                          f"perplexity {val['perplexity']:.1f}")
-            evaluated = {ckpt_lib.VALIDATION_METRIC: val["loss"]}
-          stop = preemption.reached()
-          if (step % config.checkpoint.every == 0 or step == phase.end or stop):
-            checkpoints.save(step, state, loaders.train.grain_iterator,
-                             config_json, description(phase), evaluated)
-          if stop:
-            checkpoints.wait()
-            writers.event(step, f"SIGTERM: checkpoint of step {step} written; "
-                          f"stopping")
-            return _finish(config, workdir, step, metrics, val, timer,
-                           writers, checkpoints, loaders, preempted=True)
-      report = plan[-1].report
-      extra = {}
-      if report is not None and feed is not None:
-        extra = report(state, training_for(plan[-1]), loaders.validation, feed)
-        writers.write(step, {k: v for k, v in extra.items()
-                             if isinstance(v, float)}, prefix="validation")
-        writers.event(step, "final: " + ", ".join(
-            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in extra.items()))
-      return _finish(config, workdir, step, metrics, val, timer,
-                     writers, checkpoints, loaders, preempted=False,
-                     extra=extra)
+        state, step, stopped = run.phase(phase, state, step, preemption)
+        if stopped:
+          return run.finish(step, preempted=True)
+      return run.finish(step, preempted=False, extra=run.report(state, step))
     finally:
-      trace.close()
+      run.trace.close()
       preemption.close()
   except BaseException:
-    # A failure before `_finish` (a warm start, a data error, Ctrl-C)
-    # still closes the manager: its background threads must not outlive
-    # the interpreter ("cannot schedule new futures" at exit).
-    with contextlib.suppress(Exception):
-      checkpoints.close()
-    with contextlib.suppress(Exception):
-      loaders.close()
+    # A failure before `finish` (a warm start, a data error, Ctrl-C) still
+    # closes the manager: its background threads must not outlive the
+    # interpreter ("cannot schedule new futures" at exit).
+    run.close_quietly()
     raise
 
 
-def _header(config, plan, training_for, loaders) -> str:
-  from iiet_jax.parallel import mesh as mesh_lib
-  last = training_for(plan[-1])
-  cfg = last.model.config
-  iterations = (cfg.iterations if registry.get(cfg.arch).implicit_iterations
-                else "-")
-  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
-  params = f"{count(last.abstract_state.params):,} ({cfg.arch})"
-  if len(plan) > 1:
-    first = training_for(plan[0])
-    params += (f"; {count(first.abstract_state.params):,} while "
-               f"{plan[0].name}")
-  phases = ", then ".join(f"{p.name} for steps {p.start + 1}-{p.end}"
-                          for p in plan if p.end > p.start)
-  if config.init_from:
-    phases += f" (parameters from {config.init_from})"
-  return "\n".join([
-      f"model      {config.get('variant', cfg.arch)} ({cfg.arch}, "
-      f"{cfg.num_layers} layers, d={cfg.d_model}, iterations="
-      f"{iterations})",
-      f"parameters {params}",
-      f"NFE        {sum(cfg.block_evaluations_per_layer())} block "
-      f"evaluations per token ({cfg.arch})",
-      f"phases     {phases}",
-      f"mesh       {mesh_lib.describe(last.mesh)}, "
-      f"rules={config.sharding.preset}",
-      f"data       {loaders.description}",
-      f"batches    {config.batch_size} x {config.seq_len} tokens, "
-      f"{config.data.packing} packing, tokenizer "
-      f"{loaders.tokenizer.path if loaders.tokenizer else 'none'}"])
+class _Run:
+  """The parts of one `train` call (loaders, writers, checkpoints, each
+  phase's Training) and the steps it takes over its plan."""
 
+  def __init__(self, config, workdir: epath.Path, plan: list[Phase]):
+    self.config, self.workdir, self.plan = config, workdir, plan
+    self.trace = profiling.StepTrace(config, workdir / "tensorboard")
+    self.loaders = make_loaders(config)
+    if self.loaders.tokenizer is not None and jax.process_index() == 0:
+      tok_lib.carry(self.loaders.tokenizer, workdir)  # what readers use
+    self.built: dict[str, Training] = {}
+    self.writers = MetricWriters(str(workdir), config.total_steps,
+                                 enabled=jax.process_index() == 0,
+                                 log_every=config.log_every)
+    self.checkpoints = ckpt_lib.Checkpoints(
+        workdir / "checkpoints", keep=config.checkpoint.keep,
+        keep_best=config.checkpoint.keep_best,
+        async_save=config.checkpoint.async_save)
+    self.config_json = json.loads(config.to_json_best_effort())
+    self.val, self.metrics, self.feed = None, {}, None
+    self.timer = {"tokens": 0, "seconds": 0.0}
 
-def _train_metrics(metrics, timer, training: Training, config) -> dict:
-  out = {k: float(v) for k, v in metrics.items()}
-  if timer["seconds"]:
-    tp = flops.throughput(training.model.config, config.seq_len,
-                          timer["tokens"], timer["seconds"],
-                          training.mesh.devices.size,
-                          jax.devices()[0].device_kind)
-    out["tokens_per_s"] = tp["tokens_per_s"]
-    out["tflops_per_device"] = tp["tflops_per_device"]
-    if tp["mfu"] is not None:
-      out["mfu"] = tp["mfu"]
-  return out
+  def training(self, phase: Phase) -> Training:
+    if phase.name not in self.built:
+      if phase.build is None:
+        self.built[phase.name] = build_training(
+            phase.config, batch_keys=self.loaders.batch_keys)
+      else:
+        self.built[phase.name] = phase.build(
+            phase.config, self.loaders.batch_keys, self.loaders,
+            self.workdir)
+    return self.built[phase.name]
 
+  def description(self, phase: Phase) -> dict[str, Any]:
+    return ckpt_lib.describe(self.training(phase).model.config, phase.name)
 
-def _finish(config, workdir, step, metrics, val, timer, writers,
-            checkpoints, loaders, preempted: bool,
-            extra: dict | None = None) -> dict[str, Any]:
-  checkpoints.wait()
-  checkpoints.close()
-  loaders.close()
-  summary = {
-      "steps": step, "total_steps": config.total_steps,
-      "preempted": preempted,
-      "train_loss": float(metrics["loss"]) if "loss" in metrics else None,
-      "validation_loss": val["loss"] if val else None,
-      "validation_perplexity": val["perplexity"] if val else None,
-      "tokens_per_s": (timer["tokens"] / timer["seconds"]
-                       if timer["seconds"] else None),
-      "checkpoints": str(checkpoints.directory),
-      "metrics": str(workdir / "metrics.jsonl"),
-      "tensorboard": str(workdir / "tensorboard"),
-      **(extra or {}),
-  }
-  if jax.process_index() == 0:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
-  writers.close()
-  return summary
+  def _restore_target(self, step: int, saved: dict[str, Any]):
+    """The state to restore a checkpoint of `saved`'s phase onto."""
+    names = [p.name for p in self.plan]
+    if saved.get("phase") not in names:
+      raise ckpt_lib.CheckpointError(
+          f"{self.workdir} holds a checkpoint (step {step}) of a "
+          f"{saved.get('phase')!r} phase; this config trains {names}. Use a "
+          f"new --workdir for this config.")
+    phase = self.plan[names.index(saved["phase"])]
+    ckpt_lib.check_compatible(saved, self.description(phase),
+                              str(self.workdir))
+    return self.training(phase).sharded_state()
+
+  def start(self):
+    """(state, its phase's name): the newest readable checkpoint, or a
+    fresh state (first phase's init hook, then the warm start)."""
+    first = self.plan[0]
+    restored = self.checkpoints.restore(
+        self.training(first).sharded_state(),
+        self.loaders.train.grain_iterator, self._restore_target)
+    if restored is not None:
+      for bad in restored.skipped:
+        self.writers.event(restored.step, f"checkpoint step {bad} "
+                           f"unreadable; fell back to step {restored.step}")
+      self.writers.event(restored.step, f"resumed from step {restored.step} "
+                         f"({restored.model['phase']}) in "
+                         f"{self.checkpoints.directory}")
+      return restored.state, restored.model["phase"]
+    state = self.training(first).init_state(self.config.seed)
+    if first.init is not None:
+      state, change = first.init(state, self.training(first))
+      self.writers.event(0, f"initialised: {change}")
+    if self.config.init_from:
+      state = warm_start.load_params(state, self.training(first), self.config)
+      self.writers.event(0, f"warm start: parameters from "
+                         f"{self.config.init_from}")
+    return state, first.name
+
+  def complete_summary(self, state) -> dict[str, Any] | None:
+    """The saved summary of a run already at total_steps (closing all)."""
+    done = self.workdir / "summary.json"
+    if int(state.step) < self.config.total_steps or not done.exists():
+      return None
+    self.writers.event(int(state.step), f"the run in {self.workdir} is "
+                       f"complete; its summary follows (raise "
+                       f"--config.total_steps to go on)")
+    self.checkpoints.close()
+    self.loaders.close()
+    self.writers.close()
+    return json.loads(done.read_text())
+
+  def enter(self, index: int, state, step: int):
+    """`state` handed from phase `index - 1` to phase `index`."""
+    phase = self.plan[index]
+    if phase.enter is None or index == 0:
+      raise ValueError(f"the plan's phase {phase.name!r} follows another "
+                       f"but has no `enter` hook")
+    state, change = phase.enter(state, self.training(phase),
+                                self.training(self.plan[index - 1]),
+                                self.loaders)
+    self.writers.event(step, f"switched to {phase.name} at step {step}: "
+                       f"{change}")
+    return state
+
+  def phase(self, phase: Phase, state, step: int, preemption: Preemption):
+    """Trains `phase` from `step` to its end, or until a SIGTERM; returns
+    (state, step, stopped by SIGTERM)."""
+    config, training = self.config, self.training(phase)
+    shardings = step_lib.batch_shardings(self.loaders.batch_keys,
+                                         training.mesh, training.rules)
+    self.feed = lambda b: multihost.global_batch(b, shardings,
+                                                 config.batch_size)
+    first = True   # the first step of a phase compiles: not timed
+    while step < phase.end:
+      t0 = time.perf_counter()
+      state, self.metrics = self.trace.call(
+          step + 1, training.train_step, state,
+          self.feed(next(self.loaders.train)))
+      step += 1
+      log = step % config.log_every == 0 or step == config.total_steps
+      if log or first:
+        jax.block_until_ready(self.metrics)
+      if not first:
+        self.timer["seconds"] += time.perf_counter() - t0
+        self.timer["tokens"] += config.batch_size * config.seq_len
+      first = False
+      if log:
+        row = writers_lib.train_metrics(self.metrics, self.timer, training,
+                                        config)
+        self.writers.write(step, row)
+        self.writers.progress(step, row)
+      evaluated = self._evaluate(training, state, step)
+      stop = preemption.reached()
+      if step % config.checkpoint.every == 0 or step == phase.end or stop:
+        self.checkpoints.save(step, state, self.loaders.train.grain_iterator,
+                              self.config_json, self.description(phase),
+                              evaluated)
+      if stop:
+        self.checkpoints.wait()
+        self.writers.event(step, f"SIGTERM: checkpoint of step {step} "
+                           f"written; stopping")
+        return state, step, True
+    return state, step, False
+
+  def _evaluate(self, training: Training, state, step: int):
+    """Validation every eval_every steps and at the last: {metric: loss}
+    for the checkpoint that follows, else None."""
+    config = self.config
+    if step % config.eval_every and step != config.total_steps:
+      return None
+    self.val = loss_lib.evaluate(training.eval_step, state.params,
+                                 self.loaders.validation, self.feed)
+    self.writers.write(step, self.val, prefix="validation")
+    self.writers.event(step, f"validation loss {self.val['loss']:.4f}, "
+                       f"perplexity {self.val['perplexity']:.1f}")
+    return {ckpt_lib.VALIDATION_METRIC: self.val["loss"]}
+
+  def report(self, state, step: int) -> dict[str, Any]:
+    """The last phase's final metrics (its `report` hook), logged."""
+    report = self.plan[-1].report
+    if report is None or self.feed is None:
+      return {}
+    extra = report(state, self.training(self.plan[-1]),
+                   self.loaders.validation, self.feed)
+    self.writers.write(step, {k: v for k, v in extra.items()
+                              if isinstance(v, float)}, prefix="validation")
+    self.writers.event(step, "final: " + ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in extra.items()))
+    return extra
+
+  def finish(self, step: int, preempted: bool,
+             extra: dict | None = None) -> dict[str, Any]:
+    """Waits for the last checkpoint, closes, writes summary.json."""
+    self.checkpoints.wait()
+    self.checkpoints.close()
+    self.loaders.close()
+    config, metrics, val, timer = (self.config, self.metrics, self.val,
+                                   self.timer)
+    summary = {
+        "steps": step, "total_steps": config.total_steps,
+        "preempted": preempted,
+        "train_loss": float(metrics["loss"]) if "loss" in metrics else None,
+        "validation_loss": val["loss"] if val else None,
+        "validation_perplexity": val["perplexity"] if val else None,
+        "tokens_per_s": (timer["tokens"] / timer["seconds"]
+                         if timer["seconds"] else None),
+        "checkpoints": str(self.checkpoints.directory),
+        "metrics": str(self.workdir / "metrics.jsonl"),
+        "tensorboard": str(self.workdir / "tensorboard"),
+        **(extra or {}),
+    }
+    if jax.process_index() == 0:
+      (self.workdir / "summary.json").write_text(json.dumps(summary,
+                                                            indent=2))
+    self.writers.close()
+    return summary
+
+  def close_quietly(self) -> None:
+    with contextlib.suppress(Exception):
+      self.checkpoints.close()
+    with contextlib.suppress(Exception):
+      self.loaders.close()

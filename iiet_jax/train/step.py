@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from iiet_jax.models.registry import HISTORY_PARAMS
+from iiet_jax.models.registry import ADDED_PARAMS
 from iiet_jax.parallel import sharding as shd
 from iiet_jax.train.loss import batch_sums
 from iiet_jax.train.state import TrainState
@@ -43,7 +43,8 @@ def _path_name(path) -> str:
 
 
 def scale_history_updates(updates, scale: float):
-  """Multiplies the updates of the history parameters (HISTORY_PARAMS) by
+  """Multiplies the updates of the parameters a history architecture adds
+  to Transformer++ (ADDED_PARAMS: W / Wc, their norms, alpha) by
   `scale`: their learning rate times `scale`. Stateless, so the optimizer
   state is the same tree with any scale (the switch carries it over)."""
   if scale == 1.0:
@@ -51,7 +52,7 @@ def scale_history_updates(updates, scale: float):
 
   def pick(path, u):
     name = _path_name(path)
-    return u * scale if any(re.search(p, name) for p in HISTORY_PARAMS) else u
+    return u * scale if any(re.search(p, name) for p in ADDED_PARAMS) else u
   return jax.tree_util.tree_map_with_path(pick, updates)
 
 

@@ -14,6 +14,11 @@ import sys
 import time
 from typing import Mapping
 
+import jax
+
+from iiet_jax.models import registry
+from iiet_jax.train import flops
+
 
 def _clock(seconds: float) -> str:
   seconds = int(max(seconds, 0))
@@ -111,3 +116,51 @@ class MetricWriters:
     self._stream.flush()
     self._jsonl.close()
     self._tb.close()
+
+
+def header(config, plan, training_for, loaders) -> str:
+  """The lines a run prints before its first step: model, parameters, NFE,
+  phases, mesh, data and batches."""
+  from iiet_jax.parallel import mesh as mesh_lib
+  last = training_for(plan[-1])
+  cfg = last.model.config
+  iterations = (cfg.iterations if registry.get(cfg.arch).implicit_iterations
+                else "-")
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  params = f"{count(last.abstract_state.params):,} ({cfg.arch})"
+  if len(plan) > 1:
+    first = training_for(plan[0])
+    params += (f"; {count(first.abstract_state.params):,} while "
+               f"{plan[0].name}")
+  phases = ", then ".join(f"{p.name} for steps {p.start + 1}-{p.end}"
+                          for p in plan if p.end > p.start)
+  if config.init_from:
+    phases += f" (parameters from {config.init_from})"
+  return "\n".join([
+      f"model      {config.get('variant', cfg.arch)} ({cfg.arch}, "
+      f"{cfg.num_layers} layers, d={cfg.d_model}, iterations="
+      f"{iterations})",
+      f"parameters {params}",
+      f"NFE        {sum(cfg.block_evaluations_per_layer())} block "
+      f"evaluations per token ({cfg.arch})",
+      f"phases     {phases}",
+      f"mesh       {mesh_lib.describe(last.mesh)}, "
+      f"rules={config.sharding.preset}",
+      f"data       {loaders.description}",
+      f"batches    {config.batch_size} x {config.seq_len} tokens, "
+      f"{config.data.packing} packing, tokenizer "
+      f"{loaders.tokenizer.path if loaders.tokenizer else 'none'}"])
+
+
+def train_metrics(metrics, timer, training, config) -> dict:
+  out = {k: float(v) for k, v in metrics.items()}
+  if timer["seconds"]:
+    tp = flops.throughput(training.model.config, config.seq_len,
+                          timer["tokens"], timer["seconds"],
+                          training.mesh.devices.size,
+                          jax.devices()[0].device_kind)
+    out["tokens_per_s"] = tp["tokens_per_s"]
+    out["tflops_per_device"] = tp["tflops_per_device"]
+    if tp["mfu"] is not None:
+      out["mfu"] = tp["mfu"]
+  return out

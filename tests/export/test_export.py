@@ -17,6 +17,7 @@ from export_folders import T, torch_logits, write_folder
 from support import apply, init_params, random_tokens, small_config
 from iiet_jax import pytorch
 from iiet_jax.export import names, tensor_file
+from iiet_jax.models import registry
 
 CASES = {
     "transformer": dict(arch="transformer"),
@@ -51,6 +52,20 @@ def test_pytorch_logits_equal_jax_logits(case, tmp_path):
                                                              tokens))
   print(f"{case}: max |logit diff| {diff:.2e}, max KL {kl:.2e}")
   assert kl < 1e-6 and diff < 1e-4, (diff, kl)
+
+
+@pytest.mark.parametrize("arch", [a.name for a in registry.ARCHITECTURES
+                                  if a.remote_code])
+def test_twin_loads_exactly_the_exported_tensors(arch, tmp_path):
+  """The twin builds no module the export has no tensors for, and the
+  export has none the twin does not read."""
+  from transformers import AutoModelForCausalLM
+  cfg = small_config(arch=arch, max_seq_len=T)
+  write_folder(tmp_path, cfg, init_params(cfg, random_tokens(cfg, 1, 8)))
+  _, info = AutoModelForCausalLM.from_pretrained(
+      tmp_path, trust_remote_code=True, dtype=torch.float32,
+      output_loading_info=True)
+  assert not any(info.values()), info
 
 
 def test_transformer_export_is_a_stock_llama(tmp_path):
@@ -103,7 +118,7 @@ def test_names_round_trip_exactly(arch, layout):
   D, F, L = cfg.d_model, cfg.d_ff, cfg.num_layers
   assert hf["model.layers.1.mlp.down_proj.weight"].shape == (D, F)
   assert hf["model.layers.1.mlp.gate_proj.weight"].shape == (F, D)
-  if arch != "transformer":
+  if registry.get(arch).history:
     assert hf["model.history.weight"].shape == (L + 1, L + 1)
     assert hf[f"model.history.rouge_predictions_norm.{L - 1}.bias"].shape \
         == (D,)

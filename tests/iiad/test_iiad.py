@@ -118,4 +118,6 @@ def test_budget_that_keeps_nothing_is_refused():
   with pytest.raises(sel.SelectionError, match=r"must lie in \(0, 1\]"):
     sel.by_budget(INFLUENCE, 1.5)
   assert sum(sel.by_budget(INFLUENCE, 0.01)[0]) >= 1
-  assert sel.block_evaluations((3, 0, 2)) == 8
+  cfg = small_config(iterations=(1, 1, 1))   # three IIET layers
+  assert sel.block_evaluations(cfg, (3, 0, 2)) == 8
+  assert sel.block_evaluations(cfg) == 6

@@ -103,10 +103,10 @@ def test_the_rule_flags_branches_and_spares_messages():
 
 def test_an_unknown_architecture_lists_the_known_ones():
   with pytest.raises(registry.ArchitectureError) as err:
-    registry.get("rk4")
+    registry.get("nope")
   assert all(name in str(err.value) for name in registry.NAMES)
-  with pytest.raises(ConfigError, match="rk4.*" + ", ".join(registry.NAMES)):
-    ModelConfig(arch="rk4")
+  with pytest.raises(ConfigError, match="nope.*" + ", ".join(registry.NAMES)):
+    ModelConfig(arch="nope")
 
 
 @pytest.mark.parametrize("arch", registry.NAMES)
@@ -134,10 +134,10 @@ def test_each_record_matches_its_model(arch):
       base.init, jax.random.key(0), tokens))["params"]))
   added = paths - plain
   assert plain <= paths
-  assert all(any(re.search(p, a) for p in record.history_params)
+  assert all(any(re.search(p, a) for p in record.added_params)
              for a in added), added
   assert all(any(re.search(p, a) for a in added)
-             for p in record.history_params), record.history_params
+             for p in record.added_params), record.added_params
   assert record.history == any("history" in a for a in added)
   # 1 + r_t for IIET, order + 1 for PCformer (pc_order 2).
   spec = {"transformer": (1, 1, 1), "iiet": (3, 1, 2), "pcformer": (3, 3, 3)}
@@ -152,15 +152,16 @@ def test_each_record_matches_its_model(arch):
 
 @pytest.mark.parametrize("arch", registry.NAMES)
 def test_extra_flops_are_what_the_architecture_adds(arch):
-  """flops.py counts the record's FLOPs beyond head and blocks, zero
-  exactly when the architecture mixes no history."""
+  """flops.py counts the record's FLOPs beyond head and blocks: never
+  negative, and not zero for an architecture that mixes a history (one
+  without, an RK4 step's stage combination say, may still add some)."""
   cfg = small_config(arch=arch, num_layers=3, iterations=(2, 0, 1))
   record = registry.get(arch)
   head = 2.0 * cfg.d_model * cfg.vocab_size
   blocks = sum(record.block_evaluations(cfg)) * flops.block_flops(cfg, 16)
   extra = flops.forward_flops_per_token(cfg, 16) - head - blocks
   assert extra == pytest.approx(record.extra_flops(cfg))
-  assert (extra > 0) == record.history
+  assert extra > 0 if record.history else extra >= 0
 
 
 def test_pytorch_twin_agrees_with_the_registry():

@@ -308,17 +308,10 @@ def test_explicit_rules_survive_a_preset_change_in_either_order():
 
 
 def _parse_flags(argv):
-  """The config after absl parses `argv`, as on the command line."""
-  from absl import flags
-  from ml_collections import config_flags
+  """The config with `argv`'s overrides, as on the command line."""
+  from iiet_jax import overrides
   from training import ROOT
-  argv = ["prog", f"--config={ROOT}/configs/lm.py:model=iiet,size=tiny",
-          *argv]
-  values = flags.FlagValues()
-  # sys_argv: absl defines the --config.KEY flags from the command line.
-  config_flags.DEFINE_config_file("config", flag_values=values, sys_argv=argv)
-  values(argv)
-  return values.config
+  return overrides.load(f"{ROOT}/configs/lm.py:model=iiet,size=tiny", argv)
 
 
 @pytest.mark.parametrize("value,want", [

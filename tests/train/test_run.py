@@ -205,7 +205,7 @@ def test_warm_start_from_another_run(tmp_path, capsys):
   # step 0 carries it (stages/pretrain.py), no allow-list needed.
   stages.train(warm, tmp_path / "student")
   assert "switched to iiet at step 0" in capsys.readouterr().out
-  warm.init_allow_new = registry.HISTORY_PARAMS
+  warm.init_allow_new = registry.ADDED_PARAMS
   training = build_training(warm)
   from iiet_jax.train import warm_start
   state = warm_start.load_params(training.init_state(0), training, warm)
