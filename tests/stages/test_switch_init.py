@@ -167,7 +167,7 @@ def test_bad_switch_options_are_plan_errors():
       pretrain.phases(bad)
 
 
-# About 50 s; tests/train/test_run.py resumes across the default switch.
+# About 50 s; tests/train/test_loop.py resumes across the default switch.
 @pytest.mark.slow
 def test_resume_across_a_fitted_switch_is_exact(tmp_path):
   """The fit peeks the next batches and puts the iterator back."""

@@ -1,4 +1,6 @@
-"""Whole runs in this process: two-stage switch, resume, restore, refusals."""
+"""train/loop.py running whole plans in this process: the two-stage
+switch, resume, SIGTERM, a damaged checkpoint, restore onto another mesh,
+warm starts, refusals, which checkpoints are kept."""
 
 from __future__ import annotations
 
