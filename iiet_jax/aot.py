@@ -244,12 +244,7 @@ def main(argv):
     sys.exit(1)
 
 
-def _parse_flags(argv):
-  """absl parses the flags above; the --config.* overrides go to ov.load."""
-  spec = ov.config_spec(argv)
-  return flags.FLAGS(ov.without_config(argv) +
-                     ([f"--config={spec}"] if spec is not None else []))
-
-
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  # absl parses the flags above; the --config.* overrides go to ov.load.
+  app.run(main, flags_parser=lambda argv: flags.FLAGS(
+      ov.without_overrides(argv)))

@@ -64,34 +64,32 @@ def load_config_file(spec: str) -> tuple[ml_collections.ConfigDict, object]:
   return config, module
 
 
+def _split(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(the `--config.KEY=VALUE` / `--config.KEY VALUE` items, the rest)."""
+  overrides, rest, argv = [], [], list(argv)
+  value_next = False
+  for i, arg in enumerate(argv):
+    if value_next:
+      overrides.append(arg)
+      value_next = False
+    elif arg.startswith("--config."):
+      overrides.append(arg)
+      value_next = ("=" not in arg and i + 1 < len(argv)
+                    and not argv[i + 1].startswith("--"))
+    else:
+      rest.append(arg)
+  return overrides, rest
+
+
 def config_args(argv: Sequence[str]) -> list[str]:
   """The `--config.KEY=VALUE` (and `--config.KEY VALUE`) items of argv."""
-  out, argv = [], list(argv)
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config."):
-      out.append(arg)
-      if ("=" not in arg and i + 1 < len(argv)
-          and not argv[i + 1].startswith("--")):
-        out.append(argv[i + 1])
-  return out
+  return _split(argv)[0]
 
 
-def without_config(argv: Sequence[str]) -> list[str]:
-  """argv less `--config=SPEC` and every override: what absl parses."""
-  drop = set(config_args(argv))
-  spec = config_spec(argv)
-  out, skip = [], False
-  for arg in argv:
-    if skip:
-      skip = False
-      continue
-    if arg == "--config" and spec is not None:
-      skip = True
-      continue
-    if arg.startswith("--config=") or arg in drop:
-      continue
-    out.append(arg)
-  return out
+def without_overrides(argv: Sequence[str]) -> list[str]:
+  """argv less its overrides (`--config=SPEC` stays): what absl parses, as
+  the overrides go to `load`."""
+  return _split(argv)[1]
 
 
 def load(spec: str, args=()) -> ml_collections.ConfigDict:
@@ -105,9 +103,9 @@ def load(spec: str, args=()) -> ml_collections.ConfigDict:
     args = override_args(args)
   args = list(args)
   check_keys(config, override_keys(args))
-  argv = ["iiet", f"--config={spec}", *without_sequences(args, spec)]
+  argv = ["iiet", *without_sequences(args)]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+  config_flags.DEFINE_config_dict("config", config, "", flag_values=values,
                                   lock_config=True, sys_argv=argv)
   try:
     values(argv)
@@ -206,10 +204,10 @@ def _sequence_overrides(argv: Sequence[str]) -> list[tuple[str, str, str]]:
   return found
 
 
-def without_sequences(argv: Sequence[str], spec: str | None) -> list[str]:
+def without_sequences(argv: Sequence[str]) -> list[str]:
   """argv for absl: the sequence overrides are applied by
   `apply_sequences` after parsing."""
-  drop = {arg for arg, _, _ in _sequence_overrides(argv)} if spec else set()
+  drop = {arg for arg, _, _ in _sequence_overrides(argv)}
   return [arg for arg in argv if arg not in drop]
 
 

@@ -60,7 +60,8 @@ def test_config_args_and_the_rest_of_a_command_line():
   assert ov.config_spec(argv) == "c.py:x"
   assert ov.config_args(argv) == ["--config.a=1", "--config.b", "2",
                                   "--config.c=x,y"]
-  assert ov.without_config(argv) == ["iiet", "--workdir=w"]
+  assert ov.without_overrides(argv) == ["iiet", "--config", "c.py:x",
+                                        "--workdir=w"]
 
 
 def test_parse_arg_fills_defaults_and_names_bad_items():

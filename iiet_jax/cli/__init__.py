@@ -44,8 +44,7 @@ def _parse(command: str, argv: list[str]):
   given = overrides.config_args(argv)
   cli_flags.define(command)
   try:
-    rest = flags.FLAGS(overrides.without_config(argv) +
-                       ([f"--config={spec}"] if spec is not None else []))
+    rest = flags.FLAGS(overrides.without_overrides(argv))
   except flags.Error as err:
     message = str(err).split("\n")[0]
     if message.startswith("flag --config"):

@@ -257,13 +257,7 @@ def _carried_files(tokenizer) -> dict[str, bytes]:
     return {"tokenizer.model": tokenizer.model_proto}
   # A tokenizer.json names no bos / eos; the config beside it does.
   return {**tokenizer.hf_files(), "tokenizer_config.json": json.dumps(
-      tokenizer.special_pieces(), indent=2).encode("utf-8")}
-
-
-def _identity(tokenizer):
-  if isinstance(tokenizer, Tokenizer):
-    return tokenizer.model_proto
-  return tokenizer.hf_files(), tokenizer.special_pieces()
+      tokenizer.special_pieces(), indent=2, sort_keys=True).encode("utf-8")}
 
 
 def carry(tokenizer, folder: epath.PathLike) -> epath.Path:
@@ -275,7 +269,7 @@ def carry(tokenizer, folder: epath.PathLike) -> epath.Path:
   files = _carried_files(tokenizer)
   held = carried_by(folder)
   if held is not None:
-    if _identity(held) != _identity(tokenizer):
+    if _carried_files(held) != files:
       raise TokenizerError(
           f"{folder} carries the tokenizer {held.path} of the run saved "
           f"there, and this run's tokenizer ({tokenizer.path}) is another: "

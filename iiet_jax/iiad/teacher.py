@@ -67,6 +67,6 @@ def select(state_change, model_cfg, seq_len: int, tau, budget) -> dict:
   cost = (flops.forward_flops_per_token(student, seq_len)
           / flops.forward_flops_per_token(model_cfg, seq_len))
   return {"tau": tau, "iterations": list(counts),
-          "block_evaluations": selection.block_evaluations(model_cfg, counts),
+          "block_evaluations": selection.block_evaluations(student),
           "teacher_block_evaluations": selection.block_evaluations(model_cfg),
           "predicted_cost_ratio": cost}

@@ -181,21 +181,32 @@ def check_divisible(abstract_tree, shardings, what: str) -> None:
             f"it. Change the mesh or the sharding rules for that axis.")
 
 
+def abstract_shardings(boxed, mesh: Mesh, rules: Rules, what: str):
+  """(unboxed abstract tree, its NamedShardings) of a traced tree holding
+  logically partitioned boxes, checked for divisibility."""
+  shardings = mesh_shardings(logical_specs(boxed), mesh, rules)
+  abstract = nn.unbox(boxed)
+  check_divisible(abstract, shardings, what)
+  return abstract, shardings
+
+
+def placed(abstract, shardings) -> Any:
+  """`abstract` as ShapeDtypeStructs on `shardings`: the target of a
+  restore or the input of an ahead-of-time lowering."""
+  return jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      abstract, shardings)
+
+
 def placed_params(model: nn.Module, mesh: Mesh, rules: Rules,
                   seq_len: int = 8) -> Any:
-  """`model`'s parameters, traced abstractly (nothing is allocated), as
-  ShapeDtypeStructs on the NamedShardings the rules give them: the target
-  that a checkpoint's parameters are restored onto."""
+  """`model`'s parameters, traced abstractly (nothing is allocated), placed
+  on the shardings the rules give them: what a checkpoint restores onto."""
   import jax.numpy as jnp
   boxed = jax.eval_shape(
       lambda rng: model.init(rng, jnp.zeros((1, seq_len), jnp.int32)),
       jax.random.key(0))["params"]
-  shardings = mesh_shardings(logical_specs(boxed), mesh, rules)
-  abstract = nn.unbox(boxed)
-  check_divisible(abstract, shardings, "params")
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
+  return placed(*abstract_shardings(boxed, mesh, rules, "params"))
 
 
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:

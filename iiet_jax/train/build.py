@@ -42,12 +42,7 @@ class Training:
 
   def sharded_state(self):
     """The abstract state on its shardings (a restore target)."""
-    return state_lib.with_shardings(self.abstract_state, self.state_shardings)
-
-  def sharded_params(self):
-    """The abstract parameters on their shardings."""
-    return state_lib.with_shardings(self.abstract_state.params,
-                                    self.state_shardings.params)
+    return shd.placed(self.abstract_state, self.state_shardings)
 
 
 def build_training(config, devices: Sequence[jax.Device] | None = None,

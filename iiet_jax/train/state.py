@@ -60,18 +60,7 @@ def init_fn(model: nn.Module, tx: optax.GradientTransformation,
 def state_shardings(model, tx, seq_len: int, mesh: Mesh, rules):
   """(abstract unboxed state, its NamedShardings), checked for divisibility."""
   boxed = jax.eval_shape(init_fn(model, tx, seq_len), jax.random.key(0))
-  shardings = shd.mesh_shardings(shd.logical_specs(boxed), mesh, rules)
-  abstract = nn.unbox(boxed)
-  shd.check_divisible(abstract, shardings, "state")
-  return abstract, shardings
-
-
-def with_shardings(abstract, shardings):
-  """`abstract` as ShapeDtypeStructs placed on `shardings`: the target of a
-  restore or the input of an ahead-of-time lowering."""
-  return jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, shardings)
+  return shd.abstract_shardings(boxed, mesh, rules, "state")
 
 
 def create_sharded_state(model, tx, seq_len: int, rng, mesh: Mesh, rules):

@@ -93,7 +93,7 @@ def test_placed_into_a_sharded_mesh(tmp_path):
   abstract, shardings = state_lib.state_shardings(
       build_model(cfg), optax.identity(), 1, mesh,
       shd.make_rules("fsdp_tp"))
-  target = state_lib.with_shardings(abstract.params, shardings.params)
+  target = shd.placed(abstract.params, shardings.params)
   placed = names.from_hf(tensor_file.Folder(src), cfg, target)
   whole = {}
   for f in src.glob("*.safetensors"):
