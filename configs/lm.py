@@ -147,6 +147,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_allow_dropped = ()
   config.micro_batches = 1          # gradient accumulation inside the step
   config.z_loss = 0.0
+  # A non-finite loss or gradient norm (train/divergence.py): "stop" ends the
+  # run before it saves (exit code 3); "skip" drops such updates, up to
+  # nonfinite_max_skips in a row.
+  config.nonfinite = "stop"
+  config.nonfinite_max_skips = 5
   config.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=1e-3 if tiny else 3e-4, warmup_steps=20 if tiny else 100,
       end_lr_ratio=0.1,

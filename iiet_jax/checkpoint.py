@@ -260,6 +260,15 @@ class SavedRun:
     return ModelConfig.from_dict(fields)
 
 
+def saved_steps(directory: epath.PathLike) -> list[int]:
+  """The step folders under a checkpoint directory, read from its listing
+  (nothing is opened; a step still being written has another name)."""
+  directory = epath.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
 def checkpoint_dir(source: str) -> epath.Path:
   """A run's workdir or its `checkpoints` directory, as an absolute path."""
   import os

@@ -110,8 +110,41 @@ def load(spec: str, args=()) -> ml_collections.ConfigDict:
   try:
     values(argv)
   except flags.Error as err:
-    raise OverrideError(str(err).split("\n")[0]) from None
+    raise OverrideError(_plain(str(err).split("\n")[0], config)) from None
   return apply_sequences(values.config, args)
+
+
+# What a value of each type is written as, for the error line.
+_TYPE_WORDS = {bool: "true or false", int: "a whole number",
+               float: "a number", str: "a string"}
+
+
+def _plain(message: str, config) -> str:
+  """absl's "flag --config.K=V: <parser's text>" as the key, the value and
+  what that key takes, e.g. "a whole number (per layer: 3,1,1,1)"."""
+  head, sep, _ = message.partition(": ")
+  if not sep or not head.startswith("flag --config."):
+    return message
+  key, _, value = head[len("flag --config."):].partition("=")
+  node = config
+  for part in key.split("."):
+    node = node.get(part) if hasattr(node, "get") else None
+  kind = type(node)
+  if isinstance(node, (tuple, list)):
+    what = (f"{_TYPE_WORDS.get(type(node[0]), 'a value') if node else 'a value'}"
+            f", or one per layer separated by commas")
+  else:
+    what = _TYPE_WORDS.get(kind, f"a {kind.__name__}")
+  return (f"--config.{key}={value} is not {what}; e.g. "
+          f"--config.{key}={_example(node)}.")
+
+
+def _example(node) -> str:
+  if isinstance(node, bool):
+    return "true" if not node else "false"
+  if isinstance(node, (tuple, list)):
+    return ",".join(str(v) for v in node) or "1,1"
+  return str(node)
 
 
 def parse_arg(arg: str | None, defaults: dict[str, str], where: str,

@@ -9,6 +9,7 @@ building the run's parts abstractly: nothing is allocated or compiled.
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 
@@ -29,6 +30,11 @@ def check_workdir(workdir: str) -> epath.Path:
   if "://" in str(workdir):  # remote storage: its client checks access
     return epath.Path(workdir)
   path = os.path.abspath(os.path.expanduser(str(workdir)))
+  if os.path.islink(path) and not os.path.exists(path):
+    raise WorkdirError(f"--workdir={workdir} is a link to "
+                       f"{os.readlink(path)}, which does not exist; create "
+                       f"that folder, remove the link, or choose another "
+                       f"--workdir.")
   if os.path.exists(path) and not os.path.isdir(path):
     raise WorkdirError(f"--workdir={workdir} is a file, not a folder; give "
                        f"a folder for the run (new or an existing run).")
@@ -48,9 +54,61 @@ def check_workdir(workdir: str) -> epath.Path:
   return epath.Path(path)
 
 
+# (key, test, the range it must lie in) for numbers no module below checks.
+_RANGES = (
+    ("optimizer.peak_lr", lambda v: v > 0, "> 0"),
+    ("optimizer.warmup_steps", lambda v: v >= 0, ">= 0"),
+    ("optimizer.end_lr_ratio", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optimizer.history_lr_scale", lambda v: v >= 0, ">= 0"),
+    ("optimizer.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optimizer.eps", lambda v: v > 0, "> 0"),
+    ("optimizer.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optimizer.clip_norm", lambda v: v > 0, "> 0"),
+    ("z_loss", lambda v: v >= 0, ">= 0"),
+    ("batch_size", lambda v: v >= 1, ">= 1"),
+    ("seq_len", lambda v: v >= 2, ">= 2 (inputs and next-token targets)"),
+    ("data.eval_batches", lambda v: v >= 1, ">= 1 (the validation pass's "
+     "batches; it is also the final validation loss)"),
+    ("distill.tau", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("distill.budget", lambda v: 0 <= v <= 1, "in [0, 1] (0: use tau)"),
+    ("distill.kl_weight", lambda v: v >= 0, ">= 0"),
+    ("distill.temperature", lambda v: v > 0, "> 0"),
+    ("distill.influence_batches", lambda v: v >= 1, ">= 1"),
+)
+
+
+def _numbers(tree, prefix=""):
+  """(dotted key, value) of every int / float in a config, nested."""
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      yield from _numbers(value, name + ".")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      yield name, value
+
+
+def check_numbers(config) -> None:
+  """No NaN or infinity anywhere; the values of `_RANGES` in range."""
+  for key, value in _numbers(config):
+    if isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{key}={value} is not a finite number; set "
+                        f"--config.{key} to a finite value.")
+  for key, ok, expected in _RANGES:
+    node = config
+    for part in key.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is not None and not ok(node):
+      raise ConfigError(f"{key}={node} must be {expected}; set "
+                        f"--config.{key}.")
+
+
 def check_config(config) -> None:
   """Every value of a run config that can be checked without data."""
   from iiet_jax import stages
+  from iiet_jax.train import divergence
+  check_numbers(config)
+  divergence.check_config(config, ConfigError)
   from iiet_jax.data import pipeline, sources
   from iiet_jax.models import ModelConfig
   from iiet_jax.train import profiling
@@ -95,8 +153,22 @@ def check_config(config) -> None:
     build_training(phase.config)
 
 
+def check_resume(config, workdir: epath.Path) -> None:
+  """A run saved past `total_steps` cannot be shortened."""
+  from iiet_jax import checkpoint
+  steps = checkpoint.saved_steps(workdir / "checkpoints")
+  if steps and steps[-1] > config.total_steps:
+    raise WorkdirError(
+        f"--workdir={workdir} holds a run saved at step {steps[-1]}, past "
+        f"total_steps={config.total_steps}: a run cannot be shortened. Give "
+        f"--config.total_steps={steps[-1]} or more to go on, or a new "
+        f"--workdir for a shorter run.")
+
+
 def check_run(config, workdir: str) -> epath.Path:
-  """`check_workdir` and `check_config`; returns the absolute workdir."""
+  """`check_workdir`, `check_config` and `check_resume`; returns the
+  absolute workdir."""
   path = check_workdir(workdir)
   check_config(config)
+  check_resume(config, path)
   return path

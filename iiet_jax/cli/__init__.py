@@ -63,7 +63,7 @@ def _parse(command: str, argv: list[str]):
 
 def main(argv: list[str]) -> int:
   """Runs one command; returns the exit code."""
-  from iiet_jax.errors import UserError
+  from iiet_jax.errors import Exit, UserError
   try:
     named = len(argv) > 1 and not argv[1].startswith("-")
     command = _command(argv)
@@ -77,20 +77,47 @@ def main(argv: list[str]) -> int:
     F, rest, config = _parse(command, argv)
     from iiet_jax.cli import commands
     if command == "plot":
-      commands.plot(F, rest)
+      code = commands.plot(F, rest)
     elif any(f.kind == "config" for f in cli_flags.COMMANDS[command].flags):
-      commands.HANDLERS[command](F, config)
+      code = commands.HANDLERS[command](F, config)
     else:
-      commands.HANDLERS[command](F)
-    return 0
+      code = commands.HANDLERS[command](F)
+    return Exit.FINISHED if code is None else code
   except UserError as err:
     print(f"{err.kind} error: {err}", file=sys.stderr)
-    return 1
+    return err.exit_code
   except OSError as err:  # a path the user gave: unwritable, missing, full
-    print(f"File error: {err}", file=sys.stderr)
-    return 1
+    print(f"File error: {file_error(err)}", file=sys.stderr)
+    return Exit.BAD_INPUT
+  except KeyboardInterrupt:
+    print("\nInterrupted: stopped at once, without saving; a run resumes "
+          "from its newest checkpoint when the command is run again.",
+          file=sys.stderr)
+    return Exit.INTERRUPTED
   finally:
     logs.close()
+
+
+def file_error(err: OSError) -> str:
+  """An OSError as one line: the path first, then what is wrong and a fix."""
+  import errno
+  what = err.strerror or str(err)
+  path = err.filename
+  fixes = {errno.EACCES: "choose a path this user may write, or change its "
+                         "permissions",
+           errno.EROFS: "choose a path on a writable disk",
+           errno.ENOTDIR: "a part of the path is a file, not a folder; "
+                          "choose another path",
+           errno.ENOENT: "check the path (a missing folder, or a link to "
+                         "one)",
+           errno.ENOSPC: "free space on that disk or choose another",
+           errno.EISDIR: "give a file name, not a folder",
+           errno.EEXIST: "a file stands where a folder is needed; choose "
+                         "another path"}
+  fix = fixes.get(err.errno, "check the path and try again")
+  if path is None:
+    return f"{what}; {fix}."
+  return f"{path}: {what.lower() if what[:1].isupper() else what}; {fix}."
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -101,4 +128,4 @@ def run(argv: list[str] | None = None) -> None:
   logs.setup()
   code = main(list(sys.argv if argv is None else argv))
   if code:
-    sys.exit(code)
+    sys.exit(int(code))

@@ -8,7 +8,7 @@ import sys
 
 from iiet_jax import overrides
 from iiet_jax.cli import logs
-from iiet_jax.errors import UserError
+from iiet_jax.errors import Exit, UserError
 
 
 class UsageError(UserError):
@@ -46,8 +46,11 @@ def _run_config(F, config, command: str):
 
 def print_summary(s: dict) -> None:
   fmt = lambda v, f: "-" if v is None else format(v, f)
-  print(f"\nsummary    {s['steps']}/{s['total_steps']} steps"
-        f"{' (stopped by SIGTERM; rerun to resume)' if s['preempted'] else ''}")
+  stopped = ""
+  if s["preempted"]:
+    stopped = (f" (stopped by {s.get('stopped_by') or 'SIGTERM'}; rerun the "
+               f"same command to resume)")
+  print(f"\nsummary    {s['steps']}/{s['total_steps']} steps{stopped}")
   print(f"  train loss       {fmt(s['train_loss'], '.4f')}")
   print(f"  validation loss  {fmt(s['validation_loss'], '.4f')}  perplexity "
         f"{fmt(s['validation_perplexity'], '.1f')}")
@@ -56,7 +59,8 @@ def print_summary(s: dict) -> None:
   print(f"  metrics          {s['metrics']} (TensorBoard: {s['tensorboard']})")
 
 
-def train(F, config, command: str = "train") -> None:
+def train(F, config, command: str = "train") -> int:
+  """Returns the exit code (errors.Exit): finished, or stopped and saved."""
   from iiet_jax import preflight, stages
   from iiet_jax.parallel import multihost
   config = _run_config(F, config, command)
@@ -66,13 +70,15 @@ def train(F, config, command: str = "train") -> None:
                      tau=d.tau, budget=d.budget or None)
   workdir = preflight.check_run(config, F.workdir)
   multihost.initialize()
-  workdir.mkdir(parents=True, exist_ok=True)
-  logs.attach(str(workdir))
-  print_summary(stages.train(config, workdir))
+  logs.attach(str(workdir))   # from when the run creates it
+  summary = stages.train(config, workdir)
+  print_summary(summary)
+  return {None: Exit.FINISHED, "SIGTERM": Exit.PREEMPTED,
+          "Ctrl-C": Exit.INTERRUPTED}[summary.get("stopped_by")]
 
 
-def distill(F, config) -> None:
-  train(F, config, "distill")
+def distill(F, config) -> int:
+  return train(F, config, "distill")
 
 
 def sweep(F, config) -> None:

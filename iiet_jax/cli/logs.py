@@ -2,8 +2,13 @@
 
 Orbax, TFDS, Grain and JAX log through absl or Python logging; a tiny run
 prints hundreds of INFO lines. Here every record goes to `<workdir>/iiet.log`
-(held in memory until the command knows it may write there); the screen
-shows the project's own logger (`iiet_jax.errors.LOGGER`) and library errors.
+(held in memory until the command knows it may write there, and until the
+run has created its workdir); the screen shows the project's own logger
+(`iiet_jax.errors.LOGGER`) only. A library's error that matters reaches the
+user as our own error line or a traceback; its log lines (Orbax's on a full
+disk, say) stay in the file. A folder this user cannot write (a read-only
+run that `export` or `score` reads) gets no log file: reading a run never
+needs to write into it.
 """
 
 from __future__ import annotations
@@ -52,8 +57,12 @@ class _RunLog(logging.Handler):
     self.buffer: list[logging.LogRecord] = []
     self.stream = None
     self.path = None
+    self.pending = None   # the log file, once its folder exists
 
   def emit(self, record):
+    if self.stream is None and self.pending is not None:
+      if os.path.isdir(os.path.dirname(self.pending)):
+        self.attach(self.pending)
     if self.stream is None:
       if len(self.buffer) < _BUFFERED:
         self.buffer.append(record)
@@ -64,11 +73,19 @@ class _RunLog(logging.Handler):
   def attach(self, path: str) -> None:
     if self.stream is not None:
       return
-    self.stream = open(path, "a", encoding="utf-8")
+    if not os.path.isdir(os.path.dirname(path)):
+      self.pending = path   # the run creates it after its data checks
+      return
+    try:
+      self.stream = open(path, "a", encoding="utf-8")
+    except OSError:   # a read-only run: no log file, nothing else changes
+      self.pending = None
+      return
+    self.pending = None
     self.path = path
-    for record in self.buffer:
+    buffered, self.buffer = self.buffer, []
+    for record in buffered:
       self.emit(record)
-    self.buffer = []
 
   def close(self):
     if self.stream is not None:
@@ -78,22 +95,16 @@ class _RunLog(logging.Handler):
 
 
 class _Screen(logging.Handler):
-  """Our own lines as they are; library errors with their logger's name
-  until the command has returned. After that, library complaints (asyncio's
-  "exception was never retrieved" for a save that already failed, say, which
-  arrives when the future is collected) would bury the command's own last
-  line, so they are not shown."""
+  """Our own lines as they are, while the command runs. After it has
+  returned, nothing: a late line (the preemption service's, say) would bury
+  the command's own last line."""
 
   returned = False
 
   def emit(self, record):
-    if record.name == LOGGER or record.name.startswith(LOGGER + "."):
-      text = record.getMessage()
-    elif record.levelno >= logging.ERROR and not self.returned:
-      text = f"{record.levelname.lower()}  {record.name}: {record.getMessage()}"
-    else:
-      return
-    print(text, file=sys.stderr, flush=True)
+    ours = record.name == LOGGER or record.name.startswith(LOGGER + ".")
+    if ours and not self.returned:
+      print(record.getMessage(), file=sys.stderr, flush=True)
 
 
 _run_log = _RunLog()
@@ -120,10 +131,11 @@ def setup() -> None:
 
 
 def attach(workdir: str) -> str | None:
-  """Starts writing the log file in `workdir` (an existing local folder)."""
-  if "://" in str(workdir) or not os.path.isdir(workdir):
+  """Writes the log file in local `workdir`: from now on if the folder
+  exists and is writable, from when it is created if not yet."""
+  if "://" in str(workdir) or os.path.isfile(workdir):
     return None
-  path = os.path.join(workdir, LOG_FILE)
+  path = os.path.join(os.path.abspath(workdir), LOG_FILE)
   _run_log.attach(path)
   return path
 

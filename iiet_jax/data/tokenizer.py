@@ -28,7 +28,7 @@ from absl import logging
 from etils import epath
 import sentencepiece as spm
 
-from iiet_jax.errors import MissingInputError, TokenizerError
+from iiet_jax.errors import MissingInputError, TokenizerError, UserError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 NUM_SPECIAL = 4
@@ -109,15 +109,32 @@ def load_tokenizer(path: epath.PathLike):
     raise MissingInputError(
         f"No tokenizer at {path}. Pass the path of an existing SentencePiece "
         ".model or tokenizer.json, or build one with load_or_train().")
-  if path.suffix == ".json":
-    from iiet_jax.data import fast_tokenizer
-    return fast_tokenizer.JsonTokenizer.from_file(path)
-  if path.suffix != ".model":
+  if path.suffix not in (".json", ".model"):
     raise TokenizerError(
         f"data.tokenizer={path}: the suffix says neither a SentencePiece "
         f"model (.model) nor a tokenizers file (.json); rename it to say "
         f"which it is.")
-  return Tokenizer(path.read_bytes(), os.fspath(path))
+  try:
+    if path.suffix == ".json":
+      from iiet_jax.data import fast_tokenizer
+      return fast_tokenizer.JsonTokenizer.from_file(path)
+    return Tokenizer(path.read_bytes(), os.fspath(path))
+  except (UserError, OSError):
+    raise
+  except Exception as err:  # sentencepiece: RuntimeError; tokenizers: its own
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    kind = ("tokenizers JSON" if path.suffix == ".json"
+            else "SentencePiece model")
+    raise TokenizerError(
+        f"{path} is not a readable {kind} file ({reason[:200]}); it may be "
+        f"damaged or of another kind. Point --config.data.tokenizer at a "
+        f"working one (a damaged cached one: delete it, and it is trained "
+        f"again).") from None
+
+
+def same(a, b) -> bool:
+  """Whether two tokenizers are the same files (vocabulary and specials)."""
+  return _carried_files(a) == _carried_files(b)
 
 
 def _training_sentences(texts: Iterable[str], max_chars: int,

@@ -10,10 +10,11 @@ reproduces the full forward of every architecture exactly (cache.py).
 """
 
 from iiet_jax.decode.cache import Cache, init_cache
-from iiet_jax.decode.generate import GenerateError, generate
+from iiet_jax.decode.generate import GenerateError, check_sampling, generate
 from iiet_jax.decode.sampling import (greedy, sample, top_k_filter,
                                       top_p_filter)
 from iiet_jax.decode.steps import decode_step, prefill
 
-__all__ = ["Cache", "GenerateError", "decode_step", "generate", "greedy",
+__all__ = ["Cache", "GenerateError", "check_sampling", "decode_step",
+           "generate", "greedy",
            "init_cache", "prefill", "sample", "top_k_filter", "top_p_filter"]

@@ -79,14 +79,25 @@ def lm_eval_requests(path: Path) -> list[dict]:
   """The log-likelihood requests of an lm-eval samples file, with the
   log-likelihood lm-eval computed for each."""
   requests = []
-  for line in path.read_text().splitlines():
-    sample = json.loads(line)
-    for i, (key, args) in enumerate(sorted(sample["arguments"].items())):
-      del key
-      requests.append({"doc_id": sample["doc_id"], "choice": i,
-                       "target": sample.get("target"),
-                       "context": args["arg_0"], "continuation": args["arg_1"],
-                       "lm_eval": float(sample["resps"][i][0][0])})
+  for number, line in enumerate(path.read_text().splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      sample = json.loads(line)
+      for i, (key, args) in enumerate(sorted(sample["arguments"].items())):
+        del key
+        requests.append({"doc_id": sample["doc_id"], "choice": i,
+                         "target": sample.get("target"),
+                         "context": args["arg_0"],
+                         "continuation": args["arg_1"],
+                         "lm_eval": float(sample["resps"][i][0][0])})
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+      what = (f"not JSON ({err})" if isinstance(err, json.JSONDecodeError)
+              else f"not an lm-eval sample (missing or malformed {err})")
+      raise ScoreError(
+          f"{path} line {number} is {what}; --input takes the "
+          f"samples_TASK_*.jsonl that lm-eval writes with --log_samples.") \
+          from None
   if not requests:
     raise ScoreError(f"{path} holds no lm-eval samples.")
   return requests

@@ -131,10 +131,21 @@ class Folder:
     return str(self._file_of[name])
 
   def get(self, name: str) -> np.ndarray:
+    """The tensor, refused when it holds a NaN or an infinity (a model
+    that cannot train or score; better said at import than at step 1)."""
     # A fresh memory map per tensor: its pages leave this process when the
     # handle closes, so resident memory never holds the whole folder.
     with safetensors.safe_open(self._file_of[name], framework="numpy") as f:
-      return f.get_tensor(name)
+      tensor = f.get_tensor(name)
+    floating = tensor.dtype in FLOAT_DTYPES.values()
+    if floating and not np.isfinite(tensor).all():
+      bad = int(np.size(tensor) - np.isfinite(tensor).sum())
+      raise TensorFileError(
+          f"{self._file_of[name]}: tensor {name} holds {bad} non-finite "
+          f"values (NaN or infinity) of {tensor.size}; these weights cannot "
+          f"be trained or scored. Export the model again from a checkpoint "
+          f"saved before it diverged.")
+    return tensor
 
 
 def parse_size(value) -> int:

@@ -33,6 +33,10 @@ def measure_run(workdir: str, batches: int, ablation: bool,
   budget, adds the selection it implies."""
   from iiet_jax.data.loader import make_loaders
   selection.check(tau, budget)  # before the run is opened or measured
+  if batches < 1:
+    raise inf.InfluenceError(f"--batches={batches} must be >= 1: the "
+                             f"validation batches the influence is "
+                             f"measured on.")
   saved = runs.open_model(workdir)
   model = saved.model
   inf.check_teacher(model.config)

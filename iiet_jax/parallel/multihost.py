@@ -65,3 +65,12 @@ def global_batch(local: Mapping[str, np.ndarray],
     out[key] = jax.make_array_from_process_local_data(shardings[key], value,
                                                       shape)
   return out
+
+
+def primary_says(ok: bool) -> bool:
+  """Process 0's `ok`, in every process (one small broadcast; a single
+  process just returns it)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))

@@ -1,4 +1,4 @@
-"""SIGTERM: every process checkpoints the same step, then stops.
+"""SIGTERM or Ctrl-C: every process checkpoints the same step, then stops.
 
   preemption = Preemption()      # before the first training step
   ... after every training step, in every process:
@@ -7,6 +7,13 @@
 
 One process: a Python SIGTERM handler sets a flag that `reached` reads. No
 communication at all.
+
+Ctrl-C (SIGINT) takes the same path: the first one asks for a save at the
+next step and a stop (`reason` "Ctrl-C", which the command line turns into
+its own exit code); a second one raises KeyboardInterrupt at once, which the
+command line prints as one line. In a multi-process run the first Ctrl-C
+sends SIGTERM to its own process, so the preemption service below tells the
+others, and every process saves the same step.
 
 Several processes: all of them must stop after the same step (its checkpoint
 is one collective save), also when the scheduler signals only one of them.
@@ -44,10 +51,15 @@ it.
 from __future__ import annotations
 
 import itertools
+import logging as py_logging
+import os
 import signal
+import threading
 
 from absl import logging
 import jax
+
+from iiet_jax.errors import LOGGER
 
 # Calls to JAX's preemption sync point from this process, numbered from 1.
 _calls = itertools.count(1)
@@ -58,15 +70,38 @@ class Preemption:
 
   def __init__(self):
     self.requested = False
+    self.interrupted = False
     self.shared = jax.process_count() > 1
     self._previous = None
+    self._previous_int = None
     self._service = True
+    if threading.current_thread() is not threading.main_thread():
+      return  # signal handlers can only be set there; Python's defaults hold
     if not self.shared:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous_int = signal.signal(signal.SIGINT, self._interrupt)
+
+  @property
+  def reason(self) -> str:
+    """What asked for the stop: "Ctrl-C" or "SIGTERM"."""
+    return "Ctrl-C" if self.interrupted else "SIGTERM"
 
   def _handle(self, signum, frame):
     del signum, frame
     self.requested = True
+
+  def _interrupt(self, signum, frame):
+    del signum, frame
+    if self.interrupted:
+      raise KeyboardInterrupt  # the second Ctrl-C: stop now, no save
+    self.interrupted = True
+    py_logging.getLogger(LOGGER).warning(
+        "\nCtrl-C: saving after this step, then stopping (press Ctrl-C "
+        "again to stop at once, without saving)")
+    if self.shared:  # the service's own handler tells every process
+      os.kill(os.getpid(), signal.SIGTERM)
+    else:
+      self.requested = True
 
   def reached(self) -> bool:
     """Call once after every training step, in every process. Once this is
@@ -88,3 +123,6 @@ class Preemption:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
       self._previous = None
+    if self._previous_int is not None:
+      signal.signal(signal.SIGINT, self._previous_int)
+      self._previous_int = None

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import runs
+from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.iiad import influence as inf
 from iiet_jax.iiad import teacher as teacher_lib
 from iiet_jax.models import registry
@@ -121,7 +122,7 @@ def choose_iterations(config, model, params, batches) -> dict:
 def build(config, batch_keys, loaders, workdir) -> DistillTraining:
   """The student's Training, with the teacher loaded and r_t decided."""
   d = config.distill
-  teacher_run(config)   # an IIET teacher, checked before it is read
+  check_student(config, loaders.tokenizer)   # checked before it is read
   mesh, rules = shd.from_config(config)
   teacher = runs.open_model(config.distill.teacher, on=(mesh, rules),
                             dtype=config.model.dtype,
@@ -178,9 +179,36 @@ def _resumed_iterations(workdir) -> dict | None:
   return {"iterations": list(run.model["iterations"]), "resumed": True}
 
 
+def check_student(config, tokenizer=None) -> None:
+  """The student's data must be the teacher's: the same vocabulary, and the
+  same tokenizer (`tokenizer`, once loaded; before that, the file
+  `data.tokenizer` names). The student is the teacher's model with fewer
+  iterations, so any other model field of the config is not used."""
+  run = teacher_run(config)
+  teacher = config.distill.teacher
+  vocab = run.model.get("vocab_size")
+  if vocab is not None and config.model.vocab_size != vocab:
+    raise DistillError(
+        f"model.vocab_size={config.model.vocab_size}, but the teacher "
+        f"{teacher} has {vocab}: the student is the teacher's model and "
+        f"reads the teacher's token ids. Set --config.model.vocab_size="
+        f"{vocab} (and the teacher's tokenizer).")
+  held = tok_lib.carried_by(teacher)
+  if held is None:
+    return
+  if tokenizer is None and config.data.get("tokenizer"):
+    tokenizer = tok_lib.load_tokenizer(config.data.tokenizer)
+  if tokenizer is not None and not tok_lib.same(tokenizer, held):
+    raise DistillError(
+        f"The student's tokenizer {tokenizer.path} is not the teacher's "
+        f"({held.path}): the teacher would score token ids it never "
+        f"learned. Use --config.data.tokenizer={held.path}.")
+
+
 def phases(config) -> list[Phase]:
   if config.total_steps < 1:
     raise PlanError(f"total_steps={config.total_steps} must be >= 1.")
+  check_student(config)
   return [Phase(PHASE, 0, config.total_steps, config, build=build,
                 report=lambda state, training, batches, feed:
                 training.report(state, batches, feed))]

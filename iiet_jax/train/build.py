@@ -57,7 +57,10 @@ def build_training(config, devices: Sequence[jax.Device] | None = None,
         f"{config.micro_batches} gives micro-batches of "
         f"{config.batch_size / config.micro_batches:g} rows, which must be a "
         f"whole multiple of the {data_shards} data shards of the mesh.")
-  tx, schedule = make_optimizer(config.optimizer, config.total_steps)
+  skip = config.get("nonfinite", "stop") == "skip"
+  tx, schedule = make_optimizer(
+      config.optimizer, config.total_steps,
+      max_skips=config.nonfinite_max_skips if skip else 0)
   abstract, shardings = state_lib.state_shardings(model, tx, config.seq_len,
                                                   mesh, rules)
   train_fn = step_lib.make_train_step(

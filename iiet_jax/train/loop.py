@@ -29,10 +29,12 @@ from etils import epath
 import jax
 
 from iiet_jax import checkpoint as ckpt_lib
+from iiet_jax import lock
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
 from iiet_jax.parallel.preemption import Preemption
+from iiet_jax.train import divergence
 from iiet_jax.train import profiling
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
@@ -69,16 +71,30 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
   workdir = epath.Path(workdir)
   if "://" not in str(workdir):  # Orbax needs absolute local paths.
     workdir = epath.Path(os.path.abspath(workdir))
-  workdir.mkdir(parents=True, exist_ok=True)
-  run = _Run(config, workdir, plan)
+  # Every data and tokenizer check runs here, before the workdir exists.
+  loaders = make_loaders(config)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = "distill" if config.get("stage") == "distill" else "train"
+    with lock.held(workdir, command, jax.process_index() == 0,
+                   multihost.primary_says):
+      return _train(_Run(config, workdir, plan, loaders))
+  finally:
+    with contextlib.suppress(Exception):
+      loaders.close()
+
+
+def _train(run: "_Run") -> dict[str, Any]:
+  config, plan = run.config, run.plan
   try:
     state, phase_name = run.start()
     complete = run.complete_summary(state)
     if complete is not None:
       return complete
     if jax.process_index() == 0:
-      print(writers_lib.header(config, plan, run.training, run.loaders), flush=True)
-    preemption = Preemption()
+      print(writers_lib.header(config, plan, run.training, run.loaders),
+            flush=True)
+    stopper = Preemption()
     step = int(state.step)
     try:
       for index, phase in enumerate(plan):
@@ -87,17 +103,17 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
         if phase.name != phase_name:
           state = run.enter(index, state, step)
           phase_name = phase.name
-        state, step, stopped = run.phase(phase, state, step, preemption)
+        state, step, stopped = run.phase(phase, state, step, stopper)
         if stopped:
-          return run.finish(step, preempted=True)
-      return run.finish(step, preempted=False, extra=run.report(state, step))
+          return run.finish(step, stopped_by=stopper.reason)
+      return run.finish(step, extra=run.report(state, step))
     finally:
       run.trace.close()
-      preemption.close()
+      stopper.close()
   except BaseException:
-    # A failure before `finish` (a warm start, a data error, Ctrl-C) still
-    # closes the manager: its background threads must not outlive the
-    # interpreter ("cannot schedule new futures" at exit).
+    # A failure before `finish` (a warm start, divergence, a second Ctrl-C)
+    # still closes the manager: its background threads must not outlive
+    # the interpreter ("cannot schedule new futures" at exit).
     run.close_quietly()
     raise
 
@@ -106,10 +122,13 @@ class _Run:
   """The parts of one `train` call (loaders, writers, checkpoints, each
   phase's Training) and the steps it takes over its plan."""
 
-  def __init__(self, config, workdir: epath.Path, plan: list[Phase]):
+  def __init__(self, config, workdir: epath.Path, plan: list[Phase],
+               loaders):
     self.config, self.workdir, self.plan = config, workdir, plan
     self.trace = profiling.StepTrace(config, workdir / "tensorboard")
-    self.loaders = make_loaders(config)
+    self.loaders = loaders
+    self.watch = divergence.Divergence(config.get("nonfinite", "stop"),
+                                       config.get("nonfinite_max_skips", 0))
     if self.loaders.tokenizer is not None and jax.process_index() == 0:
       tok_lib.carry(self.loaders.tokenizer, workdir)  # what readers use
     self.built: dict[str, Training] = {}
@@ -202,9 +221,9 @@ class _Run:
                        f"{change}")
     return state
 
-  def phase(self, phase: Phase, state, step: int, preemption: Preemption):
-    """Trains `phase` from `step` to its end, or until a SIGTERM; returns
-    (state, step, stopped by SIGTERM)."""
+  def phase(self, phase: Phase, state, step: int, stopper: Preemption):
+    """Trains `phase` from `step` to its end, or until a SIGTERM or Ctrl-C;
+    returns (state, step, stopped)."""
     config, training = self.config, self.training(phase)
     shardings = step_lib.batch_shardings(self.loaders.batch_keys,
                                          training.mesh, training.rules)
@@ -217,6 +236,7 @@ class _Run:
           step + 1, training.train_step, state,
           self.feed(next(self.loaders.train)))
       step += 1
+      self.watch.note(step, self.metrics)
       log = step % config.log_every == 0 or step == config.total_steps
       if log or first:
         jax.block_until_ready(self.metrics)
@@ -229,18 +249,42 @@ class _Run:
                                         config)
         self.writers.write(step, row)
         self.writers.progress(step, row)
+        self._check_finite(step)
       evaluated = self._evaluate(training, state, step)
-      stop = preemption.reached()
+      stop = stopper.reached()
       if step % config.checkpoint.every == 0 or step == phase.end or stop:
+        self._check_finite(step, state)
         self.checkpoints.save(step, state, self.loaders.train.grain_iterator,
                               self.config_json, self.description(phase),
                               evaluated)
       if stop:
         self.checkpoints.wait()
-        self.writers.event(step, f"SIGTERM: checkpoint of step {step} "
-                           f"written; stopping")
+        self.writers.event(step, f"{stopper.reason}: checkpoint of step "
+                           f"{step} written; stopping")
         return state, step, True
     return state, step, False
+
+  def _check_finite(self, step: int, state=None) -> None:
+    """Raises DivergedError once a loss, gradient norm or (with `state`,
+    before a save) weight is not finite; nothing after it is saved."""
+    bad = self.watch.first_bad(step, state)
+    if bad is None:
+      return
+    self.checkpoints.wait()
+    saved = self.checkpoints.steps()
+    kept = (f"the newest checkpoint, step {saved[-1]}, holds finite weights "
+            f"and a rerun resumes from it" if saved else
+            "no checkpoint was written, so a rerun starts afresh")
+    what = ("weights" if state is not None and bad == step
+            else "loss or gradient norm")
+    if self.config.get("nonfinite") == "skip":
+      what = (f"updates ({self.config.nonfinite_max_skips} dropped in a "
+              f"row, then one went through)")
+    message = (f"training diverged: the {what} stopped being finite at step "
+               f"{bad}, so the run stopped at step {step} without saving; "
+               f"{kept}. To go on, {divergence.advice(self.config)}.")
+    self.writers.event(step, message)
+    raise divergence.DivergedError(message)
 
   def _evaluate(self, training: Training, state, step: int):
     """Validation every eval_every steps and at the last: {metric: loss}
@@ -248,6 +292,7 @@ class _Run:
     config = self.config
     if step % config.eval_every and step != config.total_steps:
       return None
+    self._check_finite(step)
     self.val = loss_lib.evaluate(training.eval_step, state.params,
                                  self.loaders.validation, self.feed)
     self.writers.write(step, self.val, prefix="validation")
@@ -269,7 +314,7 @@ class _Run:
         for k, v in extra.items()))
     return extra
 
-  def finish(self, step: int, preempted: bool,
+  def finish(self, step: int, stopped_by: str | None = None,
              extra: dict | None = None) -> dict[str, Any]:
     """Waits for the last checkpoint, closes, writes summary.json."""
     self.checkpoints.wait()
@@ -279,7 +324,8 @@ class _Run:
                                    self.timer)
     summary = {
         "steps": step, "total_steps": config.total_steps,
-        "preempted": preempted,
+        # Cut short (SIGTERM or Ctrl-C, saved): resumable, not a result.
+        "preempted": stopped_by is not None, "stopped_by": stopped_by,
         "train_loss": float(metrics["loss"]) if "loss" in metrics else None,
         "validation_loss": val["loss"] if val else None,
         "validation_perplexity": val["perplexity"] if val else None,
@@ -300,4 +346,4 @@ class _Run:
     with contextlib.suppress(Exception):
       self.checkpoints.close()
     with contextlib.suppress(Exception):
-      self.loaders.close()
+      self.writers.close()

@@ -57,9 +57,11 @@ def stored_in(dtype, inner: optax.GradientTransformation
   return optax.GradientTransformation(init, update)
 
 
-def make_optimizer(opt, total_steps: int
+def make_optimizer(opt, total_steps: int, max_skips: int = 0
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """`opt` is the `optimizer` block of the config."""
+  """`opt` is the `optimizer` block of the config. `max_skips` > 0 drops
+  non-finite updates, up to that many in a row (config.nonfinite=skip,
+  train/divergence.py)."""
   if opt.moments_dtype not in ("float32", "bfloat16"):
     raise ConfigError(f"optimizer.moments_dtype={opt.moments_dtype!r}; choose "
                      f"float32 or bfloat16.")
@@ -68,4 +70,7 @@ def make_optimizer(opt, total_steps: int
                       weight_decay=opt.weight_decay, mask=decay_mask)
   if opt.moments_dtype == "bfloat16":
     adamw = stored_in(jnp.bfloat16, adamw)
-  return optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw), schedule
+  tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), adamw)
+  if max_skips:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=max_skips)
+  return tx, schedule

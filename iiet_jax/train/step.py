@@ -135,6 +135,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     }
     metrics.update({f"grad_norm/{g}": n
                     for g, n in group_norms(grads).items()})
+    if isinstance(opt_state, optax.ApplyIfFiniteState):  # nonfinite=skip
+      metrics["skipped_steps"] = opt_state.total_notfinite
+      metrics["consecutive_skips"] = opt_state.notfinite_count
     metrics.update({k: v / count for k, v in sums.items()
                     if k not in ("nll", "z", "count")})
     return new_state, metrics

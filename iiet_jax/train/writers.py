@@ -38,15 +38,23 @@ class MetricWriters:
     self._open_line = False
     self._first: tuple[int, float] | None = None
     self._closed = False
-    if not enabled:
-      return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
-                       encoding="utf-8")
-    from tensorboardX import SummaryWriter  # Only the primary host needs it.
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._workdir = workdir
+    self._jsonl = self._tb_writer = None   # opened by the first record, so
+    # a run refused before it writes (a bad resume) leaves no files behind
+
+  @property
+  def _tb(self):
+    if self._tb_writer is None:
+      from tensorboardX import SummaryWriter  # only the primary host needs it
+      self._tb_writer = SummaryWriter(os.path.join(self._workdir,
+                                                   "tensorboard"))
+    return self._tb_writer
 
   def _record(self, record: dict) -> None:
+    if self._jsonl is None:
+      os.makedirs(self._workdir, exist_ok=True)
+      self._jsonl = open(os.path.join(self._workdir, "metrics.jsonl"), "a",
+                         encoding="utf-8")
     self._jsonl.write(json.dumps(record) + "\n")
     self._jsonl.flush()
 
@@ -114,8 +122,10 @@ class MetricWriters:
     self._closed = True
     self._end_line()
     self._stream.flush()
-    self._jsonl.close()
-    self._tb.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb_writer is not None:
+      self._tb_writer.close()
 
 
 def header(config, plan, training_for, loaders) -> str:
