@@ -125,7 +125,7 @@ class _Lock:
     return time.time() - float(owner.get("heartbeat", 0)) > STALE
 
   def acquire(self) -> None:
-    deadline = time.time() + STALE
+    deadline = time.time() + STALE + HEARTBEAT
     while not self._write(exclusive=True):
       owner = self._read()
       if owner is None:

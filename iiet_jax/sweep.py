@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 from typing import Sequence
@@ -20,6 +21,7 @@ from typing import Sequence
 from etils import epath
 
 from iiet_jax import overrides as ov
+from iiet_jax.errors import Exit
 
 
 def run_name(overrides: dict) -> str:
@@ -83,8 +85,20 @@ def sweep(spec: str, workdir: str, argv_extra: Sequence[str],
       print(" ".join(cmd))
     return 0
   codes = {}
-  for i, (name, cmd) in enumerate(cmds, start=1):
-    print(f"=== sweep run {i}/{len(cmds)}: {name}", flush=True)
-    codes[name] = subprocess.run(cmd).returncode
+  # Ctrl-C reaches the run too (one process group): the run saves and
+  # exits 130, and the sweep stops after it instead of killing it mid-save.
+  previous = signal.signal(signal.SIGINT, lambda *_: None)
+  try:
+    for i, (name, cmd) in enumerate(cmds, start=1):
+      print(f"=== sweep run {i}/{len(cmds)}: {name}", flush=True)
+      codes[name] = subprocess.run(cmd).returncode
+      if codes[name] == Exit.INTERRUPTED:
+        print(f"sweep stopped by Ctrl-C during {name}; run the command "
+              f"again to resume it and go on.", flush=True)
+        break
+  finally:
+    signal.signal(signal.SIGINT, previous)
   print(table(workdir, [n for n, _ in cmds], codes))
+  if Exit.INTERRUPTED in codes.values():
+    return Exit.INTERRUPTED
   return max(codes.values())

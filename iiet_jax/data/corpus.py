@@ -18,10 +18,13 @@ new `name`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import io
 import json
+import logging as pylogging
 import os
 import platform
 import re
@@ -32,6 +35,7 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
+from iiet_jax.errors import LOGGER
 from iiet_jax.data import documents as docs_lib
 from iiet_jax.data import shards as shards_lib
 from iiet_jax.data import tokenizer as tokenizer_lib
@@ -222,10 +226,24 @@ def python_stdlib_builder(data_dir: epath.PathLike, **options) -> PythonStdlib:
                       data_dir=os.fspath(data_dir))
 
 
+class _LogLines(io.TextIOBase):
+  """A stream whose lines go to the library log (TFDS prints its
+  "Downloading and preparing" lines to stdout)."""
+
+  def write(self, text: str) -> int:
+    if text.strip():
+      logging.info("tfds: %s", text.strip())
+    return len(text)
+
+
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Writes the splits unless already prepared; never reaches the network."""
-  builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  if not builder.is_prepared():
+    pylogging.getLogger(LOGGER).info(f"preparing the corpus in {builder.data_dir} (once; later "
+                   f"runs reuse it)")
+  with contextlib.redirect_stdout(_LogLines()):
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
   return builder
 
 

@@ -199,9 +199,9 @@ def import_folder(hf_dir: str, workdir: str,
   if not (src / "config.json").is_file():
     raise ExportError(f"--hf={hf_dir} has no config.json; give a folder "
                       f"written by `iiet export` or save_pretrained.")
+  fields = names.model_config(_read_config(src))
   folder = tensor_file.Folder(src)  # every header checked, no data read
   from iiet_jax.overrides import with_model
-  fields = names.model_config(_read_config(src))
   config = config if config is not None else _base_config(fields["arch"])
   cfg = ModelConfig.from_dict({**config.model.to_dict(), **fields})
   config = with_model(config, cfg)

@@ -10,10 +10,14 @@ optionally warm-started from `config.init_from`), then steps through the
 phases, entering each from the one before. Around the pure
 `train_step` it feeds batches, logs metrics (screen, metrics.jsonl,
 TensorBoard), evaluates every `eval_every` steps, and checkpoints every
-`checkpoint.every` steps, at each phase end and on SIGTERM, after which it
-returns normally so the process exits 0. With several processes, a SIGTERM
-to any of them stops all of them after the same step, with no per-step
-collective (`parallel/preemption.py`).
+`checkpoint.every` steps, at each phase end and on SIGTERM or Ctrl-C, after
+which it returns a summary that says what stopped it (`stopped_by`; the
+command line exits 75 or 130). With several processes, a SIGTERM to any of
+them stops all of them after the same step, with no per-step collective
+(`parallel/preemption.py`). A non-finite loss, gradient norm or weight
+stops the run before it saves (train/divergence.py). The corpus and
+tokenizer are opened before the workdir is created, and the workdir's lock
+(iiet_jax/lock.py) is held throughout.
 """
 
 from __future__ import annotations
@@ -283,7 +287,7 @@ class _Run:
     message = (f"training diverged: the {what} stopped being finite at step "
                f"{bad}, so the run stopped at step {step} without saving; "
                f"{kept}. To go on, {divergence.advice(self.config)}.")
-    self.writers.event(step, message)
+    self.writers.event(step, message, show=False)   # the error line says it
     raise divergence.DivergedError(message)
 
   def _evaluate(self, training: Training, state, step: int):

@@ -101,12 +101,14 @@ class MetricWriters:
                          + "  ".join(fields) + "\n")
     self._stream.flush()
 
-  def event(self, step: int, text: str) -> None:
+  def event(self, step: int, text: str, show: bool = True) -> None:
+    """A line for the record (and, with `show`, the screen)."""
     if not self.enabled:
       return
-    self._end_line()
-    self._stream.write(f"[step {step}] {text}\n")
-    self._stream.flush()
+    if show:
+      self._end_line()
+      self._stream.write(f"[step {step}] {text}\n")
+      self._stream.flush()
     self._record({"step": int(step), "event": text})
     self._tb.add_text("events", text, int(step))
     self._tb.flush()

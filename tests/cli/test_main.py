@@ -126,7 +126,7 @@ def test_killed_and_terminated_runs_resume_exactly(tmp_path):
   code, _ = _train_until(tmp_path, tmp_path / "killed", 5, signal.SIGKILL)
   assert code == -signal.SIGKILL
   code, err = _train_until(tmp_path, tmp_path / "termed", 3, signal.SIGTERM)
-  assert code == 0, err[-3000:]
+  assert code == 75, err[-3000:]   # errors.Exit.PREEMPTED: saved, resumable
   _, events = read_metrics(tmp_path / "termed")
   stopped = [e for e in events if e["event"].startswith("SIGTERM")]
   assert len(stopped) == 1
