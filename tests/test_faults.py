@@ -300,7 +300,7 @@ def test_a_damaged_corpus_fails_the_command_cleanly(tmp_path):
   out = subprocess.run(_worker("none", 0, tmp_path / "data", tmp_path / "run"),
                        cwd=ROOT, env=ENV, capture_output=True, text=True,
                        timeout=300)
-  assert out.returncode == 1
+  assert out.returncode == 2   # errors.Exit.BAD_INPUT
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith(f"Data error: {train} is truncated or corrupted"), (
       out.stderr[-3000:])

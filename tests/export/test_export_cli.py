@@ -124,7 +124,7 @@ def test_a_run_saved_without_its_tokenizer_names_the_fix(run_dir, tmp_path):
   shutil.copytree(run_dir / "run", old)
   (old / "tokenizer.model").unlink()
   res = _run(MAIN + ["export", f"--workdir={old}", f"--out={tmp_path}/hf"])
-  assert res.returncode == 1
+  assert res.returncode == 2   # errors.Exit.BAD_INPUT
   assert res.stderr.strip().splitlines() == [
       f"Run error: The run in {old} was saved before runs carried their "
       f"tokenizer. Run its `iiet train` command once more (a finished run "
@@ -227,3 +227,104 @@ def test_import_of_a_stock_llama_checkpoint(tmp_path):
       -1, torch.as_tensor(ids[:, 1:])[..., None])[..., 0].numpy()
   assert np.abs(np.load(tmp_path / "scores.npz")["logprobs"] - theirs
                 ).max() < 1e-4
+
+
+def _one_error_line(res, starts: str) -> str:
+  assert res.returncode == 2, res.stderr[-3000:]   # errors.Exit.BAD_INPUT
+  assert "Traceback" not in res.stderr
+  errors = [line for line in res.stderr.splitlines() if " error: " in line]
+  assert len(errors) == 1 and errors[0].startswith(starts), res.stderr[-3000:]
+  return errors[0]
+
+
+def test_reading_a_run_never_writes_into_it(run_dir, tmp_path):
+  # A run whose log file cannot be opened, as in a read-only folder (root
+  # ignores permission bits; a folder in the log file's place binds root).
+  run = tmp_path / "run"
+  shutil.copytree(run_dir / "run", run)
+  (run / "iiet.log").unlink(missing_ok=True)
+  (run / "iiet.log").mkdir()
+  before = sorted(str(p) for p in run.rglob("*"))
+  text = tmp_path / "text.txt"
+  text.write_text("def f(x):\n    return x + 1\n" * 20)
+  res = _run(MAIN + ["export", f"--workdir={run}", f"--out={tmp_path}/hf"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  res = _run(MAIN + ["score", f"--workdir={run}", f"--input={text}"])
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert sorted(str(p) for p in run.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_bad_inputs_on_a_trained_run_fail_cleanly(run_dir, tmp_path):
+  run = f"--workdir={run_dir}/run"
+  bad = tmp_path / "samples_x.jsonl"
+  bad.write_text('{"doc_id": 0, "arguments": {}}\n{not json\n')
+  line = _one_error_line(_run(MAIN + ["score", run, f"--input={bad}"]),
+                         "Score error:")
+  assert f"{bad} line 2 is not JSON" in line
+  text = tmp_path / "text.txt"
+  text.write_text("x = 1\n" * 50)
+  line = _one_error_line(_run(MAIN + ["score", run, f"--input={text}",
+                                      "--out=/proc/iiet/nll.npy"]),
+                         "File error:")
+  assert "/proc/iiet" in line
+  # A stale staging folder of a killed export goes; a live one stays.
+  dead = tmp_path / ".hf.partial-999999999"
+  live = tmp_path / f".hf.partial-{os.getpid()}"   # this test's process
+  dead.mkdir()
+  live.mkdir()
+  res = _export(run_dir, tmp_path / "hf")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert not dead.exists() and live.exists()
+  live.rmdir()
+  # Non-finite weights are refused at import, by tensor name.
+  from safetensors.numpy import load_file, save_file
+  tensors = load_file(tmp_path / "hf" / "model.safetensors")
+  name = sorted(tensors)[3]
+  tensors[name][0] = np.nan
+  save_file(tensors, tmp_path / "hf" / "model.safetensors")
+  line = _one_error_line(_run(MAIN + ["import", f"--hf={tmp_path}/hf",
+                                      f"--workdir={tmp_path}/imported"]),
+                         "Export error:")
+  assert f"tensor {name} holds 1 non-finite" in line
+  assert not (tmp_path / "imported").exists()
+  # A student that does not read the teacher's token ids.
+  line = _one_error_line(_run(MAIN + [
+      "distill", "--config=configs/lm.py:model=iiet,size=tiny",
+      f"--workdir={tmp_path}/student", f"--config.distill.teacher="
+      f"{run_dir}/run", "--config.model.vocab_size=1024"]), "Distill error:")
+  assert "model.vocab_size=1024, but the teacher" in line
+  assert not (tmp_path / "student").exists()
+
+
+@pytest.mark.slow
+def test_export_onto_a_full_disk_is_one_line(run_dir, tmp_path):
+  import resource
+
+  def small_files():   # writes past 64 kB fail with EFBIG, as a full disk
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+  res = subprocess.run(MAIN + ["export", f"--workdir={run_dir}/run",
+                               f"--out={tmp_path}/hf"], cwd=ROOT, env=ENV,
+                       capture_output=True, text=True, timeout=300,
+                       preexec_fn=small_files)
+  line = _one_error_line(res, "Export error:")
+  assert f"Writing {tmp_path}/hf failed" in line and "ulimit -f" in line
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_a_student_with_another_tokenizer_is_refused(run_dir, tmp_path):
+  from iiet_jax import overrides
+  from iiet_jax.data import tokenizer as tok_lib
+  from iiet_jax.stages import distill
+  other = tok_lib.train_tokenizer(
+      (f"line {i} of another corpus, word{i % 37}" for i in range(3000)),
+      300, tmp_path / "other.model")
+  config = overrides.load("configs/lm.py:model=iiet,size=tiny", {
+      "stage": "distill", "distill.teacher": f"{run_dir}/run",
+      "data.tokenizer": other.path})
+  with pytest.raises(distill.DistillError, match="is not the teacher's"):
+    distill.check_student(config)
+  config = overrides.load("configs/lm.py:model=iiet,size=tiny", {
+      "stage": "distill", "distill.teacher": f"{run_dir}/run",
+      "data.tokenizer": f"{run_dir}/run/tokenizer.model"})
+  distill.check_student(config)   # the teacher's own: accepted
