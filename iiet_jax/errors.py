@@ -21,14 +21,34 @@ LOGGER = "iiet"
 
 
 class Exit(enum.IntEnum):
-  """What a command's exit code says, and what a supervisor should do."""
+  """What a command's exit code says, and what a supervisor should do
+  (`MEANING`; docs/errors.md shows both)."""
 
-  FINISHED = 0      # done (a run at total_steps, a command that succeeded)
-  INTERNAL = 1      # a bug: Python's own code for an uncaught exception
-  BAD_INPUT = 2     # config, data, flags, files: fix the input, do not retry
-  DIVERGED = 3      # non-finite loss or weights; newest checkpoint is finite
-  PREEMPTED = 75    # stopped by SIGTERM, checkpoint saved: rerun to resume
-  INTERRUPTED = 130  # stopped by Ctrl-C (128 + SIGINT), saved unless aborted
+  FINISHED = 0
+  INTERNAL = 1      # Python's own code for an uncaught exception
+  BAD_INPUT = 2
+  DIVERGED = 3
+  PREEMPTED = 75    # EX_TEMPFAIL of sysexits.h: try again
+  INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+
+
+MEANING = {
+    Exit.FINISHED: ("finished: the run reached total_steps, or the command "
+                    "did its work", "nothing"),
+    Exit.INTERNAL: ("internal error: a bug, printed with its traceback",
+                    "stop; report it with the traceback and iiet.log"),
+    Exit.BAD_INPUT: ("bad input: a config value, flag, data or tokenizer "
+                     "file, path or workdir (one `<Kind> error:` line)",
+                     "stop; fix what the line names"),
+    Exit.DIVERGED: ("diverged: a non-finite loss, gradient or weight; "
+                    "nothing after it was saved", "stop; change the "
+                    "recipe (the line says what to try), then rerun"),
+    Exit.PREEMPTED: ("stopped by SIGTERM after saving a checkpoint",
+                     "rerun the same command: it resumes exactly"),
+    Exit.INTERRUPTED: ("stopped by Ctrl-C: the first saves a checkpoint, a "
+                       "second stops at once without saving",
+                       "stop (a person asked); rerunning resumes"),
+}
 
 
 class UserError(Exception):

@@ -110,14 +110,24 @@ ${PARTITION:+#SBATCH --partition=$PARTITION
 #SBATCH --chdir=$ROOT
 #SBATCH --export=ALL
 #SBATCH --signal=TERM@300
+#SBATCH --requeue
 # Written by launch/gpu_cluster.sh. The job inherits the submitting shell's
 # environment (the activated venv). One process per node sees all its GPUs;
 # jax.distributed finds the others from SLURM_*. SIGTERM 5 minutes before the
-# time limit makes the trainer checkpoint and exit; submit again to resume.
+# time limit makes the trainer checkpoint and exit 75; the job then requeues
+# itself and resumes.
 set -euo pipefail
 export IIET_DISTRIBUTED=auto
 export SLURM_KILL_BAD_EXIT=1  # one process failing ends the others
-srun python -m iiet_jax.main $(printf '%q ' "${TRAIN[@]}")"
+set +e
+srun python -m iiet_jax.main $(printf '%q ' "${TRAIN[@]}")
+code=\$?
+set -e
+# Exit codes: docs/errors.md. 75: stopped by SIGTERM after saving (the time
+# limit, a preemption), so requeue the job, which resumes; anything else ends
+# it (2 bad input, 3 diverged: a rerun would fail the same way).
+if [[ \$code == 75 ]]; then scontrol requeue \"\$SLURM_JOB_ID\"; fi
+exit \$code"
   body="${body% }"
   cd "$ROOT"
   run mkdir -p iiet_runs

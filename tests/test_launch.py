@@ -349,3 +349,20 @@ def test_gpu_bad_usage(args, message):
 def test_gpu_needs_workdir():
   out = launch(GPU_CLUSTER, "--dry-run", *ENV, "--", TRAIN[0])
   assert out.returncode == 2 and "--workdir=DIR" in out.stderr.splitlines()[0]
+
+
+@pytest.mark.parametrize("code,requeued", [(75, True), (2, False), (0, False)])
+def test_slurm_job_requeues_only_a_preempted_run(tmp_path, code, requeued):
+  # The written job script, run with an srun that exits `code`
+  # (errors.Exit: 75 preempted after saving, 2 bad input, 0 finished).
+  out = launch(GPU_CLUSTER, "--dry-run", *SLURM, "--", *TRAIN)
+  job = tmp_path / "job.sh"
+  job.write_text("\n".join(out.stdout.splitlines()[2:-1]) + "\n")
+  env, log = fake_tools(tmp_path, "scontrol")
+  (tmp_path / "fakebin" / "srun").write_text(f"#!/bin/sh\nexit {code}\n")
+  (tmp_path / "fakebin" / "srun").chmod(0o755)
+  run = subprocess.run(["bash", str(job)], env={**env, "SLURM_JOB_ID": "7"},
+                       capture_output=True, text=True, timeout=60)
+  assert run.returncode == code, run.stderr
+  assert [c["argv"] for c in calls(log)] == (
+      [["requeue", "7"]] if requeued else [])

@@ -1,7 +1,9 @@
 """Bad command lines fail cleanly: a table of inputs across every command.
 
-Each case must exit non-zero, print no traceback, name the bad value and a
-fix in its first line, and leave no new files. The table is docs/errors.md:
+Each case must exit with the bad-input code (2, errors.Exit.BAD_INPUT),
+print no traceback and exactly one error line (the last; progress lines may
+come before it) that names the bad value and a fix, and leave no new
+files. The table is docs/errors.md:
 regenerate it with `IIET_WRITE_DOCS=1 python -m pytest tests/cli/test_cli_errors.py
 -m slow -k table`; without the variable the test checks it is current.
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from iiet_jax.errors import MEANING, Exit
+
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "errors.md"
 MAIN = [sys.executable, "-m", "iiet_jax.main"]
@@ -23,9 +27,10 @@ ENV = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
 ENV["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
 LM = "--config=configs/lm.py:model=iiet,size=tiny"
 
-# (command line with T = the test's folder, the bad value the first line
+# (command line with T = the test's folder, the bad value the error line
 # names, a fix it gives). T/file is a file, T/empty an empty folder; T/run
-# does not exist; nothing can be created in /proc.
+# does not exist; nothing can be created in /proc; the rest is made by
+# _setup.
 CASES = [
     # train
     ([LM, "--workdir=T/run", "--config.model.iterations=-1"], "-1", ">= 0"),
@@ -56,6 +61,36 @@ CASES = [
      "choose one of"),
     (["--config=configs/nope.py", "--workdir=T/run"], "configs/nope.py",
      "no config file at"),
+    (["--config=T/syntax.py", "--workdir=T/run"], "T/syntax.py",
+     "cannot be loaded"),
+    (["--config=T/no_get_config.py", "--workdir=T/run"],
+     "T/no_get_config.py", "get_config"),
+    (["--config=T/bad_import.py", "--workdir=T/run"], "T/bad_import.py",
+     "no_such_module"),
+    ([LM, "--workdir=T/run", "--config.optimizer.peak_lr=nan"],
+     "peak_lr=nan", "finite value"),
+    ([LM, "--workdir=T/run", "--config.optimizer.peak_lr=-1"],
+     "peak_lr=-1.0", "> 0"),
+    ([LM, "--workdir=T/run", "--config.model.iterations=2.5"], "2.5",
+     "not a whole number"),
+    ([LM, "--workdir=T/run", "--config.model.unroll_iterations=maybe"],
+     "maybe", "true or false"),
+    ([LM, "--workdir=T/run", "--config.nonfinite=ignore"], "'ignore'",
+     "choose one of"),
+    ([LM, "--workdir=T/run", "--config.data.eval_batches=0"],
+     "eval_batches=0", ">= 1"),
+    ([LM, "--workdir=T/run", "--config.batch_size=0"], "batch_size=0",
+     ">= 1"),
+    ([LM, "--workdir=T/run", "--config.data.validation_fraction=1.5"],
+     "validation_fraction=1.5", "strictly"),
+    ([LM, "--workdir=T/run", "--config.data.tokenizer=T/bad.model"],
+     "T/bad.model", "--config.data.tokenizer"),
+    ([LM, "--workdir=T/run", "--config.data.source=files",
+      "--config.data.paths=T/empty"], "T/empty", "ending in"),
+    ([LM, "--workdir=T/run", "--config.data.source=files",
+      "--config.data.paths=T/binary"], "T/binary", ""),
+    ([LM, "--workdir=T/dangling"], "T/dangling", "remove the link"),
+    ([LM, "--workdir=T/done"], "step 900", "total_steps=900 or more"),
     ([LM, "--workdir=T/file"], "T/file", "give a folder"),
     ([LM, "--workdir=/proc/iiet/run"], "/proc", "choose a writable"),
     ([LM], "--workdir", "--help"),
@@ -70,16 +105,26 @@ CASES = [
     (["influence", "--workdir=T/empty", "--budget=2"], "budget=2", "(0, 1]"),
     (["influence", "--workdir=T/run"], "T/run", "give a run's workdir"),
     (["influence", "--workdir=T/empty"], "T/empty", "train a run there"),
+    (["influence", "--workdir=T/empty", "--batches=0"], "batches=0",
+     ">= 1"),
     # distill
     (["distill", LM, "--workdir=T/run"], "distill.teacher",
      "--config.distill.teacher"),
     (["distill", LM, "--workdir=T/run", "--config.distill.teacher=T/run2",
       "--config.total_steps=3", "--config.optimizer.warmup_steps=1",
       "--config.micro_batches=0"], "micro_batches=0", ">= 1"),
+    (["distill", LM, "--workdir=T/run", "--config.distill.teacher=T/nowhere"],
+     "T/nowhere", ""),
+    (["distill", LM, "--workdir=T/run", "--config.distill.teacher=T/empty",
+      "--config.distill.tau=1.5"], "tau=1.5", "[0, 1)"),
     # generate
     (["generate", "--prompt=x"], "--workdir", "iiet generate --help"),
     (["generate", "--workdir=T/run", "--max_new_tokens=ten"], "ten",
      "iiet generate --help"),
+    (["generate", "--workdir=T/empty", "--prompt=x", "--top_p=1.5"],
+     "top_p=1.5", "(0, 1]"),
+    (["generate", "--workdir=T/empty", "--prompt=x", "--temperature=-1"],
+     "temperature=-1.0", ">= 0"),
     # export
     (["export", "--workdir=T/empty"], "--out", "iiet export --help"),
     (["export", "--workdir=T/empty", "--out=T/hf", "--dtype=float8"],
@@ -94,16 +139,38 @@ CASES = [
     (["import", "--workdir=T/run"], "--hf", "iiet import --help"),
     (["import", "--hf=T/empty", "--workdir=T/run"], "T/empty",
      "config.json"),
+    (["import", "--hf=T/bad_hf", "--workdir=T/run"], "T/bad_hf/config.json",
+     "not valid JSON"),
     # plot
     (["plot"], "--workdir", "iiet plot --help"),
     (["plot", "--workdir=T/empty"], "T/empty", "metrics.jsonl"),
+    (["plot", "--workdir=T/logged", "--out=T/file/curves.png"], "T/file",
+     "choose another path"),
 ]
-FAST = [0, 5, 15, 22, 30]   # one per kind of failure, in the default suite
+# One case per kind of failure, in the default suite.
+FAST_ARGS = ("--config.model.iterations=-1", "--config.total_steps=10",
+             "--workdir=T/file", "--tau=1.5", "--dtype=float8",
+             "--config.optimizer.peak_lr=nan", "--top_p=1.5")
+FAST = [i for i, (args, _, _) in enumerate(CASES)
+        if any(a in args for a in FAST_ARGS)]
 
 
 def _setup(tmp: Path) -> None:
   (tmp / "file").write_text("not a folder\n")
   (tmp / "empty").mkdir()
+  (tmp / "syntax.py").write_text("def get_config(:\n")
+  (tmp / "no_get_config.py").write_text("VALUE = 1\n")
+  (tmp / "bad_import.py").write_text("import no_such_module\n")
+  (tmp / "bad.model").write_bytes(b"not a sentencepiece model")
+  (tmp / "binary").mkdir()
+  (tmp / "binary" / "blob.txt").write_bytes(bytes(range(256)) * 64)
+  (tmp / "dangling").symlink_to(tmp / "nowhere")
+  (tmp / "done" / "checkpoints" / "900").mkdir(parents=True)
+  (tmp / "bad_hf").mkdir()
+  (tmp / "bad_hf" / "config.json").write_text("{")
+  (tmp / "logged").mkdir()
+  (tmp / "logged" / "metrics.jsonl").write_text(
+      '{"step": 1, "split": "train", "loss": 5.0}\n')
 
 
 def _listing(tmp: Path) -> list[str]:
@@ -111,10 +178,14 @@ def _listing(tmp: Path) -> list[str]:
 
 
 def _first_line(args, tmp: Path) -> tuple[str, subprocess.CompletedProcess]:
+  """The command's error line (its only one), and the finished process."""
   argv = [a.replace("T/", f"{tmp}/") for a in args]
   out = subprocess.run(MAIN + argv, cwd=ROOT, env=ENV, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=300)
   lines = (out.stderr + out.stdout).strip().splitlines()
+  errors = [line for line in lines if " error: " in line]
+  if len(errors) == 1:
+    return errors[0], out
   return (lines[0] if lines else ""), out
 
 
@@ -127,9 +198,10 @@ def _check(cases, tmp: Path) -> dict[str, str]:
   for (args, bad, fix), (line, out) in zip(cases, results):
     shown = line.replace(str(tmp), "T")
     where = f"iiet {' '.join(args)}\n{out.stderr[-2000:]}"
-    assert out.returncode != 0, where
+    assert out.returncode == Exit.BAD_INPUT, where
     assert "Traceback" not in out.stderr + out.stdout, where
     assert " error: " in line, where
+    assert out.stderr.strip().splitlines()[-1] == line, where
     assert bad in shown and fix in shown, (bad, fix, shown)
     seen[" ".join(args)] = shown
   assert _listing(tmp) == before
@@ -139,13 +211,62 @@ def _check(cases, tmp: Path) -> dict[str, str]:
 def _doc(seen: dict[str, str]) -> str:
   rows = [f"| `iiet {args}` | {line.replace('|', '/')} |"
           for args, line in seen.items()]
+  codes = [f"| {int(code)} | {code.name.lower().replace('_', ' ')} | "
+           f"{MEANING[code][0]} | {MEANING[code][1]} |" for code in Exit]
   return "\n".join([
-      "# What a bad command line prints", "",
-      "Each input fails before anything is written, with one line that "
+      "# Exit codes and what a bad command line prints", "",
+      "Every command exits with one of these codes (`iiet_jax.errors.Exit`);"
+      " launch/ and supervisors rely on them: retry only what is worth "
+      "retrying.", "",
+      "| code | name | means | a supervisor should |", "|---|---|---|---|",
+      *codes, "",
+      "## Bad input", "",
+      "Each input fails before anything is written, with exit code 2 (bad "
+      "input) and one error line that "
       "names the bad value and the fix (no traceback). `T` is a scratch "
       "folder. Generated by tests/cli/test_cli_errors.py (`IIET_WRITE_DOCS=1 "
       "python -m pytest tests/cli/test_cli_errors.py -m slow -k table`).", "",
-      "| input | first line printed |", "|---|---|", *rows, ""])
+      "| input | error line printed |", "|---|---|", *rows, "",
+      "## Faults and signals", "",
+      "| what happens | what the run does | exit | tested in |",
+      "|---|---|---|---|",
+      *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in FAULTS], ""])
+
+
+# What a run does when something goes wrong while it trains (each row's test
+# fails if the behaviour changes).
+FAULTS = [
+    ("the loss, a gradient norm or a weight stops being finite "
+     "(`nonfinite=stop`)", "stops at the next log, evaluation or save "
+     "without saving; the newest checkpoint is the last finite one; the "
+     "line says which step and what to try", "3",
+     "tests/cli/test_fail_safe.py"),
+    ("the same with `nonfinite=skip`", "drops non-finite updates (counted "
+     "as `skipped_steps`); more than `nonfinite_max_skips` in a row stops "
+     "as above", "3", "tests/cli/test_fail_safe.py"),
+    ("SIGTERM (a preemption, a time limit)", "saves the next step and "
+     "stops; every process of a multi-process run saves the same step",
+     "75", "tests/cli/test_fail_safe.py, tests/parallel/test_multihost.py"),
+    ("Ctrl-C", "the first saves the next step and stops; a second stops at "
+     "once without saving or a traceback", "130",
+     "tests/cli/test_fail_safe.py"),
+    ("a second train, distill or import on a workdir in use", "refused, "
+     "naming the owner's pid and host (run.lock; a dead owner's lock is "
+     "taken over)", "2", "tests/cli/test_fail_safe.py"),
+    ("a resume with a smaller total_steps", "refused before any work", "2",
+     "tests/cli/test_fail_safe.py"),
+    ("SIGKILL while a checkpoint commits", "the next run resumes from the "
+     "newest complete checkpoint, bit-exactly", "-", "tests/test_faults.py"),
+    ("a full disk while checkpointing or exporting", "one line naming the "
+     "disk and the fix; no half-written step or folder", "2",
+     "tests/test_faults.py, tests/export/test_export_cli.py"),
+    ("a killed export's staging folder", "removed by the next export", "-",
+     "tests/export/test_export_cli.py"),
+    ("a read-only run read by export, score or generate", "works; nothing "
+     "is written into the run", "0", "tests/export/test_export_cli.py"),
+    ("an imported folder with a NaN or infinite weight", "refused, naming "
+     "the tensor and its file", "2", "tests/export/test_export_cli.py"),
+]
 
 
 def _documented() -> dict[str, str]:
