@@ -1,9 +1,9 @@
 """One process of the preemption test:
-`python preemption_worker.py ID PORT DATA WORKDIR OUT SIGNAL_AT`.
+`python preemption_worker.py ID PORT DATA WORKDIR OUT SIGNAL_AT [SIGNAL]`.
 
 Two such processes train one run (`loop.train`, one CPU device each, gloo on
-127.0.0.1). The process with ID 1 sends itself SIGTERM once step SIGNAL_AT
-is trained; the other gets no signal. Each writes its summary, the step it
+127.0.0.1). The process with ID 1 sends itself SIGNAL (default SIGTERM;
+SIGINT is Ctrl-C) once step SIGNAL_AT is trained; the other gets no signal. Each writes its summary, the step it
 was signalled at and the steps after which it ran an allgather (Orbax's
 barriers are allgathers) to OUT.ID.json.
 """
@@ -18,6 +18,7 @@ import time
 
 process_id, port, data, workdir, out, signal_at = sys.argv[1:7]
 process_id, signal_at = int(process_id), int(signal_at)
+sent = getattr(signal, sys.argv[7] if len(sys.argv) > 7 else "SIGTERM")
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
 os.environ.update(IIET_COORDINATOR=f"127.0.0.1:{port}", IIET_NUM_PROCESSES="2",
                   IIET_PROCESS_ID=str(process_id))
@@ -59,7 +60,7 @@ def write_then_signal(writer, step, metrics, prefix="train"):
     time.sleep(0.01)  # keeps the step count between signal and stop small
     if process_id == 1 and step == signal_at:
       signalled.append(step)
-      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), sent)
 
 
 MetricWriters.write = write_then_signal

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax.train.build import build_training
@@ -64,22 +65,27 @@ def test_two_processes_match_one(tmp_path):
   np.testing.assert_allclose(result["checksum"], checksum, rtol=1e-6)
 
 
-def test_sigterm_to_one_process_stops_both_at_one_step(tmp_path):
+@pytest.mark.parametrize("sent", [
+    "SIGTERM", pytest.param("SIGINT", marks=pytest.mark.slow)])
+def test_a_signal_to_one_process_stops_both_at_one_step(tmp_path, sent):
   write_counting_corpus(tmp_path / "data", 128)  # once, before both read it
   out, run = tmp_path / "out", tmp_path / "run"
   run_two(PREEMPTION_WORKER, str(tmp_path / "data"), str(run), str(out), "5",
-          timeout=300)
+          sent, timeout=300)
   results = [json.loads(Path(f"{out}.{i}.json").read_text()) for i in (0, 1)]
   assert results[0]["signalled"] == [] and results[1]["signalled"] == [5]
   stops = [r["summary"]["steps"] for r in results]
   assert all(r["summary"]["preempted"] for r in results), stops
+  # Ctrl-C in one process reaches the others as a preemption notice.
+  assert [r["summary"]["stopped_by"] for r in results] == [
+      "SIGTERM", "Ctrl-C" if sent == "SIGINT" else "SIGTERM"]
   assert stops[0] == stops[1] and 5 <= stops[0] < 3000, stops
   checkpoints = ckpt_lib.Checkpoints(run / "checkpoints")
   assert checkpoints.steps() == [stops[0]]
   checkpoints.close()
   _, events = read_metrics(run)
   assert [e["step"] for e in events if e["event"].startswith("SIGTERM")] == [
-      stops[0]]
+      stops[0]]   # process 0 writes the events
   # The stop was agreed on without a collective per step: the only
   # allgathers are Orbax's barriers, at start-up and at the save.
   for r in results:
