@@ -278,3 +278,20 @@ def test_processes_of_one_run_follow_process_0(tmp_path, fast_lock):
                  primary_says=lambda ok: True):
     pass
   assert json.loads((tmp_path / lock.NAME).read_text())["token"] == "theirs"
+
+
+@pytest.mark.slow
+def test_a_refused_resume_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  first = _run(_args(tmp_path, workdir, "--config.total_steps=2"))
+  assert first.returncode == Exit.FINISHED, first.stderr[-3000:]
+  before = {p: p.stat().st_size for p in workdir.rglob("*") if p.is_file()
+            and p.name != "iiet.log"}
+  other = _run(_args(tmp_path, workdir, "--config.total_steps=4",
+                     "--config.model.num_layers=3"))
+  assert other.returncode == Exit.BAD_INPUT, other.stderr[-3000:]
+  assert other.stderr.strip().splitlines()[-1].startswith("Checkpoint error")
+  after = {p: p.stat().st_size for p in workdir.rglob("*") if p.is_file()
+           and p.name != "iiet.log"}
+  assert after == before   # no new TensorBoard file, no metrics line
+  assert not (workdir / lock.NAME).exists()
