@@ -5,8 +5,9 @@ The layers, lowest first (a unit is a top-level module or package of
 iiet_jax; units on one line are peers and import none of each other):
 
   errors                              the UserError base every layer raises
-  hostenv, storage, plots, pytorch    host set-up, file storage, figures, the
-                                      PyTorch twin shipped in exports
+  hostenv, storage, lock, plots,      host set-up, file storage, the workdir
+  pytorch                             lock, figures, the PyTorch twin shipped
+                                      in exports
   models                              the Flax architectures
   parallel, overrides                 meshes and sharding; config files
   checkpoint, data                    Orbax I/O; corpora, tokenizers, loaders
@@ -35,7 +36,7 @@ PACKAGE = TESTS.parent / "iiet_jax"
 
 LAYERS = (
     ("errors",),
-    ("hostenv", "storage", "plots", "pytorch"),
+    ("hostenv", "storage", "lock", "plots", "pytorch"),
     ("models",),
     ("parallel", "overrides"),
     ("checkpoint", "data"),

@@ -30,7 +30,12 @@ def test_overrides_as_strings_or_a_dict_give_the_same_config():
 @pytest.mark.parametrize("args,message", [
     (["--config.total_step=4"], "--config.total_step: no such config key. "
      "Closest valid keys: total_steps"),
-    (["--config.total_steps=many"], "flag --config.total_steps=many: invalid"),
+    (["--config.total_steps=many"], "--config.total_steps=many is not a "
+     "whole number; e.g. --config.total_steps=600"),
+    (["--config.model.unroll_iterations=maybe"], "--config.model."
+     "unroll_iterations=maybe is not true or false"),
+    (["--config.optimizer.peak_lr=fast"], "--config.optimizer.peak_lr=fast "
+     "is not a number"),
     (["--config.model.iterations=3,x"], "give one integer for every layer"),
 ])
 def test_bad_overrides_name_the_value(args, message):
