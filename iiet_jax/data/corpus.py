@@ -40,7 +40,8 @@ from iiet_jax.data import documents as docs_lib
 from iiet_jax.data import shards as shards_lib
 from iiet_jax.data import tokenizer as tokenizer_lib
 
-DEFAULT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+DEFAULT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst",
+                    ".parquet")
 # Metadata lists at most this many file names; the count is always exact.
 _MAX_LISTED_FILES = 100
 
@@ -88,7 +89,8 @@ def text_corpus_config(paths: str | Sequence[str], *, name: str | None = None,
 
 
 class TextCorpus(tfds.core.GeneratorBasedBuilder):
-  """Documents of local `.txt`, `.jsonl` and `.parquet` files."""
+  """Documents of `.txt`, `.jsonl` (also `.gz` / `.zst`) and `.parquet`
+  files."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Hash-based train/validation split."}

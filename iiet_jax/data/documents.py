@@ -2,17 +2,22 @@
 
 A `.txt` (or any plain-text suffix, such as `.py`) file is one document; a
 `.jsonl` line and a `.parquet` row are one document each, their text in a
-configurable field. Bytes that are not UTF-8 are decoded with replacement
+configurable field. JSONL shards compressed the way corpora ship
+(`.jsonl.gz`, `.jsonl.zst`: SlimPajama, RedPajama, Dolma) are read as a
+stream, a line at a time, never a whole shard in memory. Bytes that are not UTF-8 are decoded with replacement
 characters and the file is recorded in `ReadStats`, never dropped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import gzip
 import hashlib
 import json
 import os
+import zlib
 from typing import Iterator, Sequence
 
 from etils import epath
@@ -143,11 +148,82 @@ def _text_field(record, field: str, where: str) -> str | None:
   return value
 
 
+JSONL = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+
+
+class TruncatedStream(EOFError):
+  """A compressed stream that ends inside a frame."""
+
+
+def _zstd_chunks(f, size: int = 1 << 20) -> Iterator[bytes]:
+  """The decompressed bytes of a zstd stream of one or more frames. Each
+  frame must end: zstandard's stream reader would end a cut-short shard
+  early without a word, and its documents would be lost silently."""
+  import zstandard  # only zstd corpora need it
+  decompressor = zstandard.ZstdDecompressor()
+  frame, fed = decompressor.decompressobj(), False
+  while chunk := f.read(size):
+    while chunk:
+      fed = True
+      yield frame.decompress(chunk)
+      chunk = b""
+      if frame.eof:   # the rest of the chunk starts the next frame
+        chunk, frame, fed = (frame.unused_data, decompressor.decompressobj(),
+                             False)
+  if fed and not frame.eof:
+    raise TruncatedStream("the last zstd frame is cut short")
+
+
+def _split_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+  rest = b""
+  for chunk in chunks:
+    *lines, rest = (rest + chunk).split(b"\n")
+    for line in lines:
+      yield line + b"\n"
+  if rest:
+    yield rest
+
+
+@contextlib.contextmanager
+def _lines(path: epath.Path):
+  """The file's raw lines, decompressed as they are read (gzip: the
+  standard library; zstd: the zstandard package, one or more frames, as
+  `zstd` and streaming writers emit them)."""
+  with path.open("rb") as f:
+    if path.name.endswith(".gz"):
+      yield gzip.GzipFile(fileobj=f, mode="rb")
+    elif path.name.endswith(".zst"):
+      yield _split_lines(_zstd_chunks(f))
+    else:
+      yield f
+
+
+def _damaged_stream(err: Exception) -> bool:
+  """Whether `err` is a decompressor's complaint about its input."""
+  return (isinstance(err, (EOFError, zlib.error, gzip.BadGzipFile))
+          or type(err).__name__ == "ZstdError")
+
+
 def _read_jsonl(path: epath.Path, name: str, field: str,
                 stats: ReadStats | None) -> Iterator[tuple[str, str | None]]:
+  read = [0]   # lines read so far, for the message below
+  try:
+    yield from _jsonl_records(path, name, field, stats, read)
+  except Exception as err:
+    if isinstance(err, UserError) or not _damaged_stream(err):
+      raise
+    raise CorpusError(
+        f"{path} cannot be decompressed after line {read[0]} ({err}); the "
+        f"shard is damaged or cut short: fetch it again.") from None
+
+
+def _jsonl_records(path: epath.Path, name: str, field: str,
+                   stats: ReadStats | None, read: list[int]
+                   ) -> Iterator[tuple[str, str | None]]:
   flagged: set[str] = set()
-  with path.open("rb") as f:
+  with _lines(path) as f:
     for number, raw in enumerate(f, start=1):
+      read[0] = number
       line = _decode(raw, name, stats, flagged)
       if not line.strip():
         continue
@@ -195,7 +271,7 @@ def read_documents(files: Sequence[epath.Path], root: str, text_field: str,
   """Every non-empty document in `files`, in file order."""
   for path in files:
     name = os.fspath(path)[len(root):].lstrip("/")
-    if path.name.endswith(".jsonl"):
+    if path.name.endswith(JSONL):
       records = _read_jsonl(path, name, text_field, stats)
     elif path.name.endswith(".parquet"):
       records = _read_parquet(path, name, text_field, stats)

@@ -1,7 +1,7 @@
 """From a config's `data` block to random-access splits and their tokenizer.
 
   data.source = "stdlib"   the running Python's standard library (default)
-              = "files"    local .txt / .jsonl / .parquet: data.paths
+              = "files"    .txt / .jsonl(.gz, .zst) / .parquet: data.paths
               = "tfds"     a prepared TFDS dataset: data.tfds_name, data_dir
               = "tokens"   ArrayRecord files of pre-tokenised documents:
                            data.paths (train), data.validation_paths
@@ -83,7 +83,7 @@ def _text_builder(data):
   if not data.paths:
     raise pipeline.PipelineError(
         "data.source='files' needs data.paths: files, directories or globs "
-        "of .txt, .jsonl or .parquet documents.")
+        "of .txt, .jsonl (.jsonl.gz, .jsonl.zst) or .parquet documents.")
   return corpus.text_corpus_builder(
       tuple(data.paths), _data_dir(data), text_field=data.text_field,
       max_files=data.get("max_files"), **options)

@@ -221,3 +221,47 @@ def test_stdlib_config_unpickles_to_the_registered_object():
   custom = corpus.text_corpus_config("/tmp/some/corpus")
   clone = pickle.loads(pickle.dumps(custom))
   assert clone is not custom and clone.paths == custom.paths
+
+
+def _jsonl_shard(path: Path, texts, compress: str) -> Path:
+  """`texts` as a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` shard (zstd: one
+  frame per line, as streaming writers emit them)."""
+  import gzip
+  import zstandard
+  lines = [(json.dumps({"text": t, "meta": {"set": "x"}}) + "\n").encode()
+           for t in texts]
+  if compress == "gz":
+    path.write_bytes(gzip.compress(b"".join(lines)))
+  elif compress == "zst":
+    frames = zstandard.ZstdCompressor()
+    path.write_bytes(b"".join(frames.compress(line) for line in lines))
+  else:
+    path.write_bytes(b"".join(lines))
+  return path
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst"])
+def test_compressed_jsonl_shards_read_like_plain_ones(tmp_path, compress):
+  texts = [f"document {i}: " + "word " * (i % 7 + 1) for i in range(50)]
+  plain = _jsonl_shard(tmp_path / "a.jsonl", texts, "")
+  packed = _jsonl_shard(tmp_path / f"b.jsonl.{compress}", texts, compress)
+  read = lambda p: [(d.key.split(":")[1], d.text) for d in
+                    docs_lib.read_documents([p], str(tmp_path), "text")]
+  assert read(packed) == read(plain)
+  assert [t for _, t in read(packed)] == texts
+  found = docs_lib.find_files([str(tmp_path)], corpus.DEFAULT_SUFFIXES)
+  assert [p.name for p in found] == ["a.jsonl", f"b.jsonl.{compress}"]
+
+
+@pytest.mark.parametrize("compress", ["gz", "zst"])
+def test_a_damaged_shard_is_named_after_the_lines_it_gave(tmp_path, compress):
+  texts = [f"line {i} " + "x" * 200 for i in range(400)]
+  shard = _jsonl_shard(tmp_path / f"s.jsonl.{compress}", texts, compress)
+  data = shard.read_bytes()
+  shard.write_bytes(data[:len(data) // 2])   # cut short mid-stream
+  documents = docs_lib.read_documents([shard], str(tmp_path), "text")
+  first = next(documents)   # streamed: the first lines come before the cut
+  assert first.text == texts[0]
+  with pytest.raises(docs_lib.CorpusError,
+                     match=rf"{shard} cannot be decompressed after line \d+"):
+    list(documents)
