@@ -18,9 +18,12 @@ A second writer reads the file and
 - else refuses with a `LockError` naming the owner's pid, host and command.
 A refusal costs nothing: it comes before any file of the run is written.
 
-Local folders: the first lock is created with O_EXCL, a takeover renames a
-new file over the stale one and reads it back after a moment (the last
-rename wins, the loser refuses). Remote folders (`gs://`,
+Local folders: a lock is written whole to a temporary file and hard-linked
+to its name, which fails when the name exists (so nobody reads a half-written
+lock); a takeover renames a new file over the stale one and reads it back
+after a moment (the last rename wins, the loser refuses). An owner that
+finds its lock taken over (it stalled past `STALE`) sees `lost` and stops
+before its next save. Remote folders (`gs://`,
 through etils epath) have no atomic create: two writers that start within
 the same second can both proceed; one started later is refused as above.
 No maintained library does this: filelock's locks are held by the open
@@ -86,6 +89,7 @@ class _Lock:
                      token=uuid.uuid4().hex)
     self._stop = threading.Event()
     self._thread = None
+    self._lost = False
 
   def _text(self) -> str:
     return json.dumps({**self.mine, "heartbeat": time.time()})
@@ -96,7 +100,16 @@ class _Lock:
     except FileNotFoundError:
       return None
     except (ValueError, OSError):
-      return {}   # half written by a writer that died: stale
+      # Unreadable: written by hand, or cut short by a remote writer that
+      # died. Live until its file is as old as a stale heartbeat.
+      try:
+        mtime = (os.stat(self.path).st_mtime if self.local
+                 else self.path.stat().mtime)   # etils': whole seconds
+        age = time.time() - mtime
+      except OSError:
+        return None
+      return {} if age > STALE else {"host": "?", "pid": "?",
+                                     "heartbeat": time.time() - age}
 
   def _write(self, exclusive: bool) -> bool:
     if not self.local:
@@ -104,18 +117,20 @@ class _Lock:
         return False
       self.path.write_text(self._text())
       return True
-    if exclusive:
-      try:
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      except FileExistsError:
-        return False
-      with os.fdopen(fd, "w") as f:
-        f.write(self._text())
-      return True
     tmp = self.path.with_name(f".{NAME}.{self.mine['token']}")
     tmp.write_text(self._text())
-    os.replace(tmp, self.path)
-    return True
+    try:
+      if not exclusive:
+        os.replace(tmp, self.path)
+        return True
+      try:
+        os.link(tmp, self.path)   # atomic, and the content is already there
+      except FileExistsError:
+        return False
+      return True
+    finally:
+      with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
 
   def _owner_gone(self, owner: dict) -> bool:
     if not owner or "host" not in owner:
@@ -150,11 +165,19 @@ class _Lock:
                                     name="iiet-lock-heartbeat")
     self._thread.start()
 
+  @property
+  def lost(self) -> bool:
+    """Whether another writer has taken the lock over."""
+    return self._lost
+
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT):
       with contextlib.suppress(OSError):
         if (self._read() or {}).get("token") == self.mine["token"]:
           self._write(exclusive=False)
+        else:
+          self._lost = True
+          return
 
   def release(self) -> None:
     self._stop.set()
@@ -165,25 +188,32 @@ class _Lock:
         self.path.unlink()
 
 
+class _Shared:
+  """What processes other than 0 hold: nothing that can be lost."""
+
+  lost = False
+
+
 @contextlib.contextmanager
 def held(workdir: epath.PathLike, command: str, primary: bool = True,
          primary_says=lambda ok: ok):
-  """Holds the workdir's lock (an existing folder) for the block. In a
-  multi-process run only the `primary` process takes it, and
-  `primary_says(ok)` (parallel/multihost.py) tells the others whether it
-  did, so all of them stop together when it did not."""
+  """Holds the workdir's lock (an existing folder) for the block and yields
+  it (`.lost`: taken over since). In a multi-process run only the `primary`
+  process takes it, and `primary_says(ok)` (parallel/multihost.py) tells
+  the others whether it did, so all of them stop together when it did
+  not, whatever the reason."""
   lock, error = None, None
   if primary:
     lock = _Lock(epath.Path(workdir), command)
     try:
       lock.acquire()
-    except LockError as err:
+    except Exception as err:   # LockError, or the disk refusing the file
       lock, error = None, err
   if not primary_says(error is None):
     raise error or LockError(f"{workdir}: process 0 of this run could not "
                              f"take {NAME}; its output says why.")
   try:
-    yield
+    yield lock if lock is not None else _Shared()
   finally:
     if lock is not None:
       lock.release()

@@ -131,8 +131,8 @@ def _plain(message: str, config) -> str:
     node = node.get(part) if hasattr(node, "get") else None
   kind = type(node)
   if isinstance(node, (tuple, list)):
-    what = (f"{_TYPE_WORDS.get(type(node[0]), 'a value') if node else 'a value'}"
-            f", or one per layer separated by commas")
+    each = _TYPE_WORDS.get(type(node[0]), "a value") if node else "a value"
+    what = f"{each}, or one per layer separated by commas"
   else:
     what = _TYPE_WORDS.get(kind, f"a {kind.__name__}")
   return (f"--config.{key}={value} is not {what}; e.g. "

@@ -118,9 +118,11 @@ ${PARTITION:+#SBATCH --partition=$PARTITION
 # itself and resumes.
 set -euo pipefail
 export IIET_DISTRIBUTED=auto
-export SLURM_KILL_BAD_EXIT=1  # one process failing ends the others
+# Every process exits 75 after a SIGTERM save, so srun must not kill the
+# others when the first one returns non-zero (they may still be finishing);
+# after a crash, JAX's coordination service ends the others itself.
 set +e
-srun python -m iiet_jax.main $(printf '%q ' "${TRAIN[@]}")
+srun --kill-on-bad-exit=0 python -m iiet_jax.main $(printf '%q ' "${TRAIN[@]}")
 code=\$?
 set -e
 # Exit codes: docs/errors.md. 75: stopped by SIGTERM after saving (the time

@@ -280,7 +280,8 @@ def test_slurm_dry_run():
                f"#SBATCH --chdir={ROOT}", "export IIET_DISTRIBUTED=auto"]:
     assert line in script
   (srun,) = [l for l in script if l.startswith("srun ")]
-  assert shlex.split(srun) == ["srun", "python", "-m", "iiet_jax.main", *TRAIN]
+  assert shlex.split(srun) == ["srun", "--kill-on-bad-exit=0", "python", "-m",
+                               "iiet_jax.main", *TRAIN]
 
 
 def test_slurm_writes_and_submits(tmp_path):

@@ -35,10 +35,10 @@ from absl import logging
 from etils import epath
 import tensorflow_datasets as tfds
 
-from iiet_jax.errors import LOGGER
 from iiet_jax.data import documents as docs_lib
 from iiet_jax.data import shards as shards_lib
 from iiet_jax.data import tokenizer as tokenizer_lib
+from iiet_jax.errors import LOGGER
 
 DEFAULT_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz", ".jsonl.zst",
                     ".parquet")
@@ -241,8 +241,9 @@ class _LogLines(io.TextIOBase):
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
   """Writes the splits unless already prepared; never reaches the network."""
   if not builder.is_prepared():
-    pylogging.getLogger(LOGGER).info(f"preparing the corpus in {builder.data_dir} (once; later "
-                   f"runs reuse it)")
+    pylogging.getLogger(LOGGER).info(
+        "preparing the corpus in %s (once; later runs reuse it)",
+        builder.data_dir)
   with contextlib.redirect_stdout(_LogLines()):
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

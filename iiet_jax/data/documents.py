@@ -4,8 +4,9 @@ A `.txt` (or any plain-text suffix, such as `.py`) file is one document; a
 `.jsonl` line and a `.parquet` row are one document each, their text in a
 configurable field. JSONL shards compressed the way corpora ship
 (`.jsonl.gz`, `.jsonl.zst`: SlimPajama, RedPajama, Dolma) are read as a
-stream, a line at a time, never a whole shard in memory. Bytes that are not UTF-8 are decoded with replacement
-characters and the file is recorded in `ReadStats`, never dropped silently.
+stream, a line at a time, never a whole shard in memory. Bytes that are
+not UTF-8 are decoded with replacement characters and the file is recorded
+in `ReadStats`, never dropped silently.
 """
 
 from __future__ import annotations

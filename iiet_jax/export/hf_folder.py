@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import jax
@@ -48,8 +49,9 @@ CONFIG_FILE = Path(__file__).resolve().parents[2] / "configs" / "lm.py"
 def _check_out(out: Path, overwrite: bool) -> None:
   if out.exists() and not out.is_dir():
     raise ExportError(f"--out={out} is a file; give a directory.")
-  held = any(p.name != lock.NAME for p in out.iterdir()) if out.is_dir() \
-      else False
+  ours = (lock.NAME, f".{lock.NAME}")   # the lock and its temporary file
+  held = out.is_dir() and any(not p.name.startswith(ours)
+                              for p in out.iterdir())
   if held and not overwrite:
     raise ExportError(f"--out={out} is not empty; pass --overwrite to "
                       f"replace it, or choose a new directory.")
@@ -67,9 +69,11 @@ def _pid_gone(pid: str) -> bool:
 
 def _staged(out: Path):
   """A fresh hidden sibling of `out` to write into before the rename; the
-  staging folders of earlier writes whose process is gone are removed."""
+  staging folders that earlier writes on this host left behind (their
+  process is gone) are removed. Another host's are left alone: its pids
+  mean nothing here."""
   out.parent.mkdir(parents=True, exist_ok=True)
-  prefix = f".{out.name}.partial-"
+  prefix = f".{out.name}.partial-{socket.gethostname()}-"
   for old in out.parent.glob(prefix + "*"):
     if _pid_gone(old.name[len(prefix):]):
       shutil.rmtree(old, ignore_errors=True)
@@ -183,8 +187,12 @@ def _move_in(stage: Path, out: Path) -> None:
   """Replaces `out`'s contents (its lock stays) with `stage`'s, the
   checkpoints last: a kill before then leaves no run that looks whole."""
   for old in out.iterdir():
-    if old.name != lock.NAME:
-      shutil.rmtree(old) if old.is_dir() else old.unlink()
+    if old.name == lock.NAME:
+      continue
+    if old.is_dir():
+      shutil.rmtree(old)
+    else:
+      old.unlink()
   for new in sorted(stage.iterdir(), key=lambda p: p.name == "checkpoints"):
     new.rename(out / new.name)
   stage.rmdir()
@@ -212,12 +220,14 @@ def import_folder(hf_dir: str, workdir: str,
   _check_out(out_dir, overwrite)
   created = not out_dir.exists()
   out_dir.mkdir(parents=True, exist_ok=True)
+  acquired = False
   try:
     with lock.held(out_dir, "import"):
+      acquired = True
       _check_out(out_dir, overwrite)   # as it is now the lock is held
       _import_into(out_dir, src, folder, cfg, config)
   except BaseException:
-    if created:   # nothing of a failed import stays behind
+    if created and acquired:   # nothing of a failed import stays behind
       shutil.rmtree(out_dir, ignore_errors=True)
     raise
   return out_dir

@@ -72,14 +72,20 @@ class Preemption:
     self.requested = False
     self.interrupted = False
     self.shared = jax.process_count() > 1
-    self._previous = None
-    self._previous_int = None
+    self._previous = {}   # signal -> the handler to put back
     self._service = True
     if threading.current_thread() is not threading.main_thread():
       return  # signal handlers can only be set there; Python's defaults hold
     if not self.shared:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    self._previous_int = signal.signal(signal.SIGINT, self._interrupt)
+      self._install(signal.SIGTERM, self._handle)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+      self._install(signal.SIGINT, self._interrupt)
+
+  def _install(self, signum, handler) -> None:
+    previous = signal.getsignal(signum)
+    signal.signal(signum, handler)
+    # None: set outside Python; the default is the nearest we can restore.
+    self._previous[signum] = signal.SIG_DFL if previous is None else previous
 
   @property
   def reason(self) -> str:
@@ -98,10 +104,12 @@ class Preemption:
     py_logging.getLogger(LOGGER).warning(
         "\nCtrl-C: saving after this step, then stopping (press Ctrl-C "
         "again to stop at once, without saving)")
-    if self.shared:  # the service's own handler tells every process
-      os.kill(os.getpid(), signal.SIGTERM)
-    else:
+    if not self.shared:
       self.requested = True
+    elif jax.config.jax_enable_preemption_service:
+      os.kill(os.getpid(), signal.SIGTERM)   # the service tells every process
+    else:   # no service: the others cannot learn of it, so no common save
+      raise KeyboardInterrupt
 
   def reached(self) -> bool:
     """Call once after every training step, in every process. Once this is
@@ -120,9 +128,6 @@ class Preemption:
     return self.requested
 
   def close(self) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._previous = None
-    if self._previous_int is not None:
-      signal.signal(signal.SIGINT, self._previous_int)
-      self._previous_int = None
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}

@@ -22,12 +22,15 @@ Policies (`config.nonfinite`):
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from iiet_jax.errors import Exit, UserError
 
 POLICIES = ("stop", "skip")
+DEFAULT_MAX_SKIPS = 5   # configs/lm.py's nonfinite_max_skips
 
 
 class DivergedError(UserError):
@@ -37,10 +40,17 @@ class DivergedError(UserError):
   exit_code = Exit.DIVERGED
 
 
-@jax.jit
-def _fold(first_bad, step, bad):
-  # Also starts it (first_bad None): a jitted op keeps the metrics' global
-  # sharding, where an array made on the host would sit on one device.
+@functools.partial(jax.jit, static_argnames=("max_skips",))
+def _fold(first_bad, step, metrics, max_skips):
+  """One dispatched op: `first_bad` updated with this step's metrics. It
+  also starts it (first_bad None): a jitted op keeps the metrics' global
+  sharding, where an array made on the host would sit on one device."""
+  if max_skips is not None:   # nonfinite=skip
+    bad = metrics["consecutive_skips"] > max_skips
+  else:
+    bad = ~jnp.isfinite(metrics["loss"])
+    if "grad_norm" in metrics:
+      bad = bad | ~jnp.isfinite(metrics["grad_norm"])
   if first_bad is None:
     return jnp.where(bad, step, 0).astype(jnp.int32)
   return jnp.where((first_bad == 0) & bad, step, first_bad)
@@ -56,27 +66,26 @@ def _all_finite(tree) -> jax.Array:
 class Divergence:
   """Tracks the first non-finite step of a run (see the module doc)."""
 
-  def __init__(self, policy: str = "stop", max_skips: int = 0):
+  def __init__(self, policy: str = "stop",
+               max_skips: int = DEFAULT_MAX_SKIPS):
     self.policy, self.max_skips = policy, max_skips
     self._first = None   # device int32 scalar: first bad step, 0 if none
 
   def note(self, step: int, metrics) -> None:
-    if self.policy == "skip":
-      bad = metrics["consecutive_skips"] > self.max_skips
-    else:
-      bad = ~jnp.isfinite(metrics["loss"])
-      if "grad_norm" in metrics:
-        bad = bad | ~jnp.isfinite(metrics["grad_norm"])
-    self._first = _fold(self._first, step, bad)
+    watched = {k: metrics[k] for k in ("loss", "grad_norm",
+                                       "consecutive_skips") if k in metrics}
+    self._first = _fold(self._first, step, watched,
+                        self.max_skips if self.policy == "skip" else None)
 
-  def first_bad(self, step: int, state=None) -> int | None:
-    """The first non-finite step noted so far, or `step` when `state`'s
-    weights are not all finite; None when everything is finite."""
+  def first_bad(self, step: int, state=None) -> tuple[int, str] | None:
+    """(the first non-finite step noted so far, "metrics"), or (`step`,
+    "weights") when `state`'s weights are not all finite; None when
+    everything is finite."""
     if self._first is not None and int(self._first):
-      return int(self._first)
+      return int(self._first), "metrics"
     if state is not None and not bool(
         _all_finite((state.params, state.opt_state))):
-      return step
+      return step, "weights"
     return None
 
 
@@ -87,7 +96,7 @@ def check_config(config, error=UserError) -> None:
     raise error(f"nonfinite={policy!r}; choose one of {', '.join(POLICIES)} "
                 f"(stop: a non-finite loss ends the run; skip: drop such "
                 f"updates, up to nonfinite_max_skips in a row).")
-  skips = config.get("nonfinite_max_skips", 1)
+  skips = config.get("nonfinite_max_skips", DEFAULT_MAX_SKIPS)
   if policy == "skip" and (not isinstance(skips, int) or skips < 1):
     raise error(f"nonfinite_max_skips={skips!r} must be a whole number >= 1 "
                 f"(non-finite updates dropped in a row before the run "
@@ -101,5 +110,6 @@ def advice(config) -> str:
           f"a longer --config.optimizer.warmup_steps (now "
           f"{opt.warmup_steps})"]
   if config.get("nonfinite", "stop") == "stop":
-    tips.append("--config.nonfinite=skip to drop such updates")
+    tips.append("--config.nonfinite=skip in a new --workdir (its optimizer "
+                "state has another layout) to drop such updates")
   return "try " + ", ".join(tips[:-1]) + " or " + tips[-1]

@@ -81,16 +81,17 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
     workdir.mkdir(parents=True, exist_ok=True)
     command = "distill" if config.get("stage") == "distill" else "train"
     with lock.held(workdir, command, jax.process_index() == 0,
-                   multihost.primary_says):
-      return _train(_Run(config, workdir, plan, loaders))
+                   multihost.primary_says) as held:
+      return _train(config, workdir, plan, loaders, held)
   finally:
     with contextlib.suppress(Exception):
       loaders.close()
 
 
-def _train(run: "_Run") -> dict[str, Any]:
-  config, plan = run.config, run.plan
+def _train(config, workdir, plan, loaders, held) -> dict[str, Any]:
+  run = None
   try:
+    run = _Run(config, workdir, plan, loaders, held)
     state, phase_name = run.start()
     complete = run.complete_summary(state)
     if complete is not None:
@@ -108,17 +109,21 @@ def _train(run: "_Run") -> dict[str, Any]:
           state = run.enter(index, state, step)
           phase_name = phase.name
         state, step, stopped = run.phase(phase, state, step, stopper)
-        if stopped:
+        # A stop at the last step is a finished run, not a resumable one.
+        if stopped and step < plan[-1].end:
           return run.finish(step, stopped_by=stopper.reason)
       return run.finish(step, extra=run.report(state, step))
     finally:
-      run.trace.close()
-      stopper.close()
+      try:
+        run.trace.close()
+      finally:
+        stopper.close()
   except BaseException:
     # A failure before `finish` (a warm start, divergence, a second Ctrl-C)
     # still closes the manager: its background threads must not outlive
     # the interpreter ("cannot schedule new futures" at exit).
-    run.close_quietly()
+    if run is not None:
+      run.close_quietly()
     raise
 
 
@@ -127,12 +132,14 @@ class _Run:
   phase's Training) and the steps it takes over its plan."""
 
   def __init__(self, config, workdir: epath.Path, plan: list[Phase],
-               loaders):
+               loaders, held=None):
     self.config, self.workdir, self.plan = config, workdir, plan
+    self.held = held   # the workdir's lock (lock.py); None in tests
     self.trace = profiling.StepTrace(config, workdir / "tensorboard")
     self.loaders = loaders
-    self.watch = divergence.Divergence(config.get("nonfinite", "stop"),
-                                       config.get("nonfinite_max_skips", 0))
+    self.watch = divergence.Divergence(
+        config.get("nonfinite", "stop"),
+        config.get("nonfinite_max_skips", divergence.DEFAULT_MAX_SKIPS))
     if self.loaders.tokenizer is not None and jax.process_index() == 0:
       tok_lib.carry(self.loaders.tokenizer, workdir)  # what readers use
     self.built: dict[str, Training] = {}
@@ -159,7 +166,10 @@ class _Run:
     return self.built[phase.name]
 
   def description(self, phase: Phase) -> dict[str, Any]:
-    return ckpt_lib.describe(self.training(phase).model.config, phase.name)
+    desc = ckpt_lib.describe(self.training(phase).model.config, phase.name)
+    if self.config.get("nonfinite") == "skip":   # another opt_state layout
+      desc["nonfinite"] = "skip"
+    return desc
 
   def _restore_target(self, step: int, saved: dict[str, Any]):
     """The state to restore a checkpoint of `saved`'s phase onto."""
@@ -170,6 +180,13 @@ class _Run:
           f"{saved.get('phase')!r} phase; this config trains {names}. Use a "
           f"new --workdir for this config.")
     phase = self.plan[names.index(saved["phase"])]
+    policy = saved.get("nonfinite", "stop")
+    if policy != self.config.get("nonfinite", "stop"):
+      raise ckpt_lib.CheckpointError(
+          f"{self.workdir} was saved with nonfinite={policy}, whose "
+          f"optimizer state has another layout than this run's nonfinite="
+          f"{self.config.get('nonfinite', 'stop')}. Resume with "
+          f"--config.nonfinite={policy}, or start a new --workdir.")
     ckpt_lib.check_compatible(saved, self.description(phase),
                               str(self.workdir))
     return self.training(phase).sharded_state()
@@ -204,13 +221,14 @@ class _Run:
     done = self.workdir / "summary.json"
     if int(state.step) < self.config.total_steps or not done.exists():
       return None
+    summary = dict(json.loads(done.read_text()), preempted=False,
+                   stopped_by=None)   # complete, however it last stopped
     self.writers.event(int(state.step), f"the run in {self.workdir} is "
                        f"complete; its summary follows (raise "
                        f"--config.total_steps to go on)")
     self.checkpoints.close()
-    self.loaders.close()
     self.writers.close()
-    return json.loads(done.read_text())
+    return summary
 
   def enter(self, index: int, state, step: int):
     """`state` handed from phase `index - 1` to phase `index`."""
@@ -258,6 +276,7 @@ class _Run:
       stop = stopper.reached()
       if step % config.checkpoint.every == 0 or step == phase.end or stop:
         self._check_finite(step, state)
+        self._check_lock()
         self.checkpoints.save(step, state, self.loaders.train.grain_iterator,
                               self.config_json, self.description(phase),
                               evaluated)
@@ -271,24 +290,38 @@ class _Run:
   def _check_finite(self, step: int, state=None) -> None:
     """Raises DivergedError once a loss, gradient norm or (with `state`,
     before a save) weight is not finite; nothing after it is saved."""
-    bad = self.watch.first_bad(step, state)
-    if bad is None:
+    found = self.watch.first_bad(step, state)
+    if found is None:
       return
+    bad, source = found
     self.checkpoints.wait()
     saved = self.checkpoints.steps()
     kept = (f"the newest checkpoint, step {saved[-1]}, holds finite weights "
             f"and a rerun resumes from it" if saved else
             "no checkpoint was written, so a rerun starts afresh")
-    what = ("weights" if state is not None and bad == step
-            else "loss or gradient norm")
-    if self.config.get("nonfinite") == "skip":
+    if source == "weights":
+      what = "weights"
+    elif self.config.get("nonfinite") == "skip":
       what = (f"updates ({self.config.nonfinite_max_skips} dropped in a "
               f"row, then one went through)")
+    else:
+      what = "loss or gradient norm"
     message = (f"training diverged: the {what} stopped being finite at step "
                f"{bad}, so the run stopped at step {step} without saving; "
                f"{kept}. To go on, {divergence.advice(self.config)}.")
     self.writers.event(step, message, show=False)   # the error line says it
     raise divergence.DivergedError(message)
+
+  def _check_lock(self) -> None:
+    """Before a save: this run still holds its workdir (every process
+    learns process 0's answer, so all stop together)."""
+    if self.held is None:
+      return
+    if not multihost.primary_says(not self.held.lost):
+      raise lock.LockError(
+          f"{self.workdir}: this run lost its lock (another process took it "
+          f"over while this one was not renewing it), so it stops without "
+          f"saving; the other process owns the workdir now.")
 
   def _evaluate(self, training: Training, state, step: int):
     """Validation every eval_every steps and at the last: {metric: loss}
@@ -323,7 +356,6 @@ class _Run:
     """Waits for the last checkpoint, closes, writes summary.json."""
     self.checkpoints.wait()
     self.checkpoints.close()
-    self.loaders.close()
     config, metrics, val, timer = (self.config, self.metrics, self.val,
                                    self.timer)
     summary = {

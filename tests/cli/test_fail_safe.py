@@ -295,3 +295,21 @@ def test_a_refused_resume_writes_nothing(tmp_path):
            and p.name != "iiet.log"}
   assert after == before   # no new TensorBoard file, no metrics line
   assert not (workdir / lock.NAME).exists()
+
+
+def test_an_owner_that_lost_its_lock_knows(tmp_path, fast_lock):
+  with lock.held(tmp_path, "train") as mine:
+    assert not mine.lost
+    _owner(tmp_path, host="new-machine")   # taken over while stalled
+    time.sleep(0.7)
+    assert mine.lost
+  # Its release leaves the new owner's lock in place.
+  assert json.loads((tmp_path / lock.NAME).read_text())["host"] == \
+      "new-machine"
+
+
+def test_a_half_written_lock_counts_as_live_until_stale(tmp_path, fast_lock):
+  (tmp_path / lock.NAME).write_text("{")   # a remote writer died mid-write
+  started = time.time()
+  with lock.held(tmp_path, "train"):
+    assert time.time() - started >= 0.9   # waited for it to go stale

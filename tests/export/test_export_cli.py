@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -269,14 +270,17 @@ def test_bad_inputs_on_a_trained_run_fail_cleanly(run_dir, tmp_path):
                          "File error:")
   assert "/proc/iiet" in line
   # A stale staging folder of a killed export goes; a live one stays.
-  dead = tmp_path / ".hf.partial-999999999"
-  live = tmp_path / f".hf.partial-{os.getpid()}"   # this test's process
-  dead.mkdir()
-  live.mkdir()
+  host = socket.gethostname()
+  dead = tmp_path / f".hf.partial-{host}-999999999"
+  live = tmp_path / f".hf.partial-{host}-{os.getpid()}"   # this process
+  elsewhere = tmp_path / ".hf.partial-another-host-999999999"
+  for folder in (dead, live, elsewhere):
+    folder.mkdir()
   res = _export(run_dir, tmp_path / "hf")
   assert res.returncode == 0, res.stderr[-3000:]
-  assert not dead.exists() and live.exists()
+  assert not dead.exists() and live.exists() and elsewhere.exists()
   live.rmdir()
+  elsewhere.rmdir()
   # Non-finite weights are refused at import, by tensor name.
   from safetensors.numpy import load_file, save_file
   tensors = load_file(tmp_path / "hf" / "model.safetensors")

@@ -135,6 +135,32 @@ def test_sigterm_checkpoints_and_returns(tmp_path, monkeypatch):
   checkpoints.close()
 
 
+def test_a_stop_at_the_last_step_is_a_finished_run(tmp_path):
+  # Else every rerun would find the summary of a stopped run and report a
+  # preemption again (a requeue loop on a cluster).
+  cfg = run_config(tmp_path / "data", "transformer", total_steps=8)
+  with stop_after(8):
+    summary = stages.train(cfg, tmp_path / "run")
+  assert summary["steps"] == 8
+  assert not summary["preempted"] and summary["stopped_by"] is None
+  again = stages.train(cfg, tmp_path / "run")
+  assert not again["preempted"] and again["validation_loss"] == \
+      summary["validation_loss"]
+
+
+def test_a_resume_under_another_nonfinite_policy_is_refused(tmp_path):
+  # nonfinite=skip wraps the optimizer state: restoring across the two
+  # layouts would take every checkpoint for damaged.
+  cfg = run_config(tmp_path / "data", "transformer", total_steps=4)
+  with stop_after(2):
+    stages.train(cfg, tmp_path / "run")
+  skip = cfg.copy_and_resolve_references()
+  skip.nonfinite = "skip"
+  with pytest.raises(ckpt_lib.CheckpointError, match="nonfinite=stop"):
+    stages.train(skip, tmp_path / "run")
+  assert ckpt_lib.saved_steps(tmp_path / "run" / "checkpoints") == [2]
+
+
 def test_corrupted_latest_checkpoint_falls_back(tmp_path):
   cfg = run_config(tmp_path / "data", "transformer", total_steps=4)
   stages.train(cfg, tmp_path / "run")
