@@ -6,8 +6,9 @@ The training loop folds every step's loss and gradient norm into one device
 scalar (train/divergence.py `Divergence.note`: one small dispatched op, no
 host sync) and reads it back only where it already waits. This times the
 real train step of Transformer++ at `size`, one device, in blocks of
-`--steps` steps with and without `note` after each step, alternating the two
-in every round so machine noise hits both alike, and prints the median
+`--steps` steps with and without `note` after each step, both in every round,
+in turns of which goes first (so noise and any warm-up hit both alike), and
+prints the median
 seconds per step of each and their ratio. The last line is one JSON object.
 """
 
@@ -58,9 +59,9 @@ def main() -> None:
     return (time.perf_counter() - start) / args.steps
 
   times = {"plain": [], "with_note": []}
-  for _ in range(args.rounds):
-    times["plain"].append(block(False))
-    times["with_note"].append(block(True))
+  for r in range(args.rounds):
+    for with_note in ((False, True) if r % 2 else (True, False)):
+      times["with_note" if with_note else "plain"].append(block(with_note))
   medians = {k: statistics.median(v) for k, v in times.items()}
   result = {"size": args.size, "steps_per_block": args.steps,
             "rounds": args.rounds,
