@@ -153,6 +153,12 @@ class Checkpoints:
         step, args=ocp.args.Composite(model=ocp.args.JsonRestore()))
     return restored["model"]
 
+  def saved_config(self, step: int) -> dict[str, Any]:
+    """The run config saved with step `step`."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored["config"]
+
   def restore(self, abstract_state, data_iterator,
               check: Callable[[int, dict[str, Any]], Any] | None = None
               ) -> Restored | None:

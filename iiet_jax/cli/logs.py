@@ -58,8 +58,11 @@ class _RunLog(logging.Handler):
     self.stream = None
     self.path = None
     self.pending = None   # the log file, once its folder exists
+    self.dead = False     # a write failed: no log file any more
 
   def emit(self, record):
+    if self.dead:
+      return
     if self.stream is None and self.pending is not None:
       if os.path.isdir(os.path.dirname(self.pending)):
         self.attach(self.pending)
@@ -67,8 +70,22 @@ class _RunLog(logging.Handler):
       if len(self.buffer) < _BUFFERED:
         self.buffer.append(record)
       return
-    self.stream.write(self.format(record) + "\n")
-    self.stream.flush()
+    try:
+      self.stream.write(self.format(record) + "\n")
+      self.stream.flush()
+    except (OSError, ValueError):
+      # The disk is full or the file at its size limit: the command's own
+      # error says so; the log file stops here instead of raising.
+      self._drop()
+
+  def _drop(self) -> None:
+    self.dead, self.buffer = True, []
+    stream, self.stream = self.stream, None
+    if stream is not None:
+      try:
+        stream.close()
+      except OSError:
+        pass
 
   def attach(self, path: str) -> None:
     if self.stream is not None:
@@ -79,6 +96,7 @@ class _RunLog(logging.Handler):
     try:
       self.stream = open(path, "a", encoding="utf-8")
     except OSError:   # a read-only run: no log file, nothing else changes
+      self._drop()
       self.pending = None
       return
     self.pending = None
@@ -88,9 +106,7 @@ class _RunLog(logging.Handler):
       self.emit(record)
 
   def close(self):
-    if self.stream is not None:
-      self.stream.close()
-      self.stream = None
+    self._drop()
     super().close()
 
 
@@ -117,6 +133,7 @@ def setup() -> None:
   for handler in list(root.handlers):
     root.removeHandler(handler)
   root.addHandler(_run_log)
+  _run_log.dead, _run_log.pending = False, None   # a new command
   _screen.returned = False
   root.addHandler(_screen)
   root.setLevel(logging.INFO)

@@ -166,10 +166,7 @@ class _Run:
     return self.built[phase.name]
 
   def description(self, phase: Phase) -> dict[str, Any]:
-    desc = ckpt_lib.describe(self.training(phase).model.config, phase.name)
-    if self.config.get("nonfinite") == "skip":   # another opt_state layout
-      desc["nonfinite"] = "skip"
-    return desc
+    return ckpt_lib.describe(self.training(phase).model.config, phase.name)
 
   def _restore_target(self, step: int, saved: dict[str, Any]):
     """The state to restore a checkpoint of `saved`'s phase onto."""
@@ -180,7 +177,8 @@ class _Run:
           f"{saved.get('phase')!r} phase; this config trains {names}. Use a "
           f"new --workdir for this config.")
     phase = self.plan[names.index(saved["phase"])]
-    policy = saved.get("nonfinite", "stop")
+    # nonfinite=skip keeps the optimizer state in another layout.
+    policy = self.checkpoints.saved_config(step).get("nonfinite", "stop")
     if policy != self.config.get("nonfinite", "stop"):
       raise ckpt_lib.CheckpointError(
           f"{self.workdir} was saved with nonfinite={policy}, whose "

@@ -49,3 +49,27 @@ def test_an_unwritable_log_file_is_skipped_without_an_error(tmp_path):
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   assert done.stderr == ""
+
+
+def test_a_log_file_that_cannot_grow_stops_quietly():
+  # A full disk or a file size limit: the command's own error says so; the
+  # log handler must not raise into the code that logged.
+  import errno
+  import logging
+  from iiet_jax.cli import logs
+
+  class Full:
+    def write(self, text):
+      raise OSError(errno.EFBIG, "File too large")
+
+    def close(self):
+      raise OSError(errno.EFBIG, "File too large")
+
+  handler = logs._RunLog()
+  handler.stream = Full()
+  record = logging.LogRecord("orbax", logging.ERROR, __file__, 1, "x", None,
+                             None)
+  handler.emit(record)          # no exception
+  handler.emit(record)
+  assert handler.dead and handler.stream is None and handler.buffer == []
+  handler.close()
