@@ -9,7 +9,8 @@
 #           workers at once, detached; log ~/iiet_runs/RUN_NAME.log, pid
 #           ~/iiet_runs/RUN_NAME.pid. TRAIN ARGS need --config= and --workdir=,
 #           a gs:// path that every worker sees; starting again resumes there.
-#   stop    SIGTERM on all workers: the trainer checkpoints and exits cleanly
+#   stop    SIGTERM on all workers: the trainer checkpoints and exits 75
+#           (docs/errors.md: stopped after saving; start again to resume)
 #   logs    tail -f the log of worker 0, or of --worker=N
 #   status  whether the run is alive on each worker, and its last log line
 # --run names the run (default iiet); --dry-run prints each command, runs none.
