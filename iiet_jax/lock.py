@@ -65,17 +65,24 @@ def _start_time(pid: int) -> str | None:
     return None
 
 
-def _alive(owner: dict) -> bool:
-  """Whether a same-host owner's process still runs."""
-  pid = int(owner.get("pid", -1))
-  if pid == os.getpid():
-    return False   # an earlier call in this very process that did not finish
+def pid_alive(pid: int) -> bool:
+  """Whether process `pid` of this host exists (another user's counts)."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
   except PermissionError:
-    pass   # another user's live process
+    pass
+  return True
+
+
+def _alive(owner: dict) -> bool:
+  """Whether a same-host owner's process still runs."""
+  pid = int(owner.get("pid", -1))
+  if pid == os.getpid():
+    return False   # an earlier call in this very process that did not finish
+  if not pid_alive(pid):
+    return False
   started = owner.get("start_time")
   return started is None or _start_time(pid) in (None, started)
 

@@ -70,8 +70,6 @@ _RANGES = (
     ("seq_len", lambda v: v >= 2, ">= 2 (inputs and next-token targets)"),
     ("data.eval_batches", lambda v: v >= 1, ">= 1 (the validation pass's "
      "batches; it is also the final validation loss)"),
-    ("distill.tau", lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("distill.budget", lambda v: 0 <= v <= 1, "in [0, 1] (0: use tau)"),
     ("distill.kl_weight", lambda v: v >= 0, ">= 0"),
     ("distill.temperature", lambda v: v > 0, "> 0"),
     ("distill.influence_batches", lambda v: v >= 1, ">= 1"),

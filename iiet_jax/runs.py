@@ -114,7 +114,7 @@ def generate(workdir: str, prompt: str, max_new_tokens: int,
   """Continues `prompt` with the run's model and tokenizer; returns text."""
   from iiet_jax import decode
   from iiet_jax.models import for_inference
-  decode.check_sampling(max_new_tokens, temperature, top_k, top_p)
+  decode.check_sampling(temperature, top_k, top_p)   # before the model
   saved = open_model(workdir)
   tokenizer = saved.tokenizer()
   ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]

@@ -10,8 +10,9 @@ reproduces the full forward of every architecture exactly (cache.py).
 """
 
 from iiet_jax.decode.cache import Cache, init_cache
-from iiet_jax.decode.generate import GenerateError, check_sampling, generate
-from iiet_jax.decode.sampling import (greedy, sample, top_k_filter,
+from iiet_jax.decode.generate import generate
+from iiet_jax.decode.sampling import (GenerateError, check_sampling,
+                                      greedy, sample, top_k_filter,
                                       top_p_filter)
 from iiet_jax.decode.steps import decode_step, prefill
 

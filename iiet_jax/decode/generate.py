@@ -9,41 +9,17 @@ compiles once.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from iiet_jax.decode.cache import init_cache
-from iiet_jax.decode.sampling import sample
+from iiet_jax.decode.sampling import GenerateError, sample
 from iiet_jax.decode.steps import decode_step, prefill
 from iiet_jax.models import LanguageModel
-from iiet_jax.errors import UserError
 
 Array = jax.Array
-
-
-class GenerateError(UserError, ValueError):
-  """A generation request the model or its cache cannot serve."""
-
-  kind = "Generate"
-
-
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int,
-                   top_p: float) -> None:
-  """The sampling settings, each in its range (named as the CLI flags)."""
-  if not (math.isfinite(temperature) and temperature >= 0):
-    raise GenerateError(f"--temperature={temperature} must be a finite "
-                        f"number >= 0 (0: greedy, the most likely token).")
-  if not 0 < top_p <= 1:
-    raise GenerateError(f"--top_p={top_p} must lie in (0, 1] (1: no "
-                        f"nucleus filtering).")
-  if top_k < 0:
-    raise GenerateError(f"--top_k={top_k} must be >= 0 (0: no top-k "
-                        f"filtering).")
-  if max_new_tokens < 1:
-    raise GenerateError(f"--max_new_tokens={max_new_tokens} must be >= 1.")
 
 
 def generate(model: LanguageModel, params, prompt_BT, max_new_tokens: int, *,

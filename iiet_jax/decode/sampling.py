@@ -5,8 +5,12 @@ All functions are jit-able; temperature, k and p are static Python numbers.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
+
+from iiet_jax.errors import UserError
 
 Array = jax.Array
 
@@ -40,13 +44,31 @@ def top_p_filter(logits_BV: Array, p: float) -> Array:
   return jnp.where(keep_BV, logits_BV, -jnp.inf)
 
 
+class GenerateError(UserError, ValueError):
+  """A generation request the model, its cache or the sampler cannot
+  serve."""
+
+  kind = "Generate"
+
+
+def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
+  """The sampling settings, each in its range (named as the CLI flags)."""
+  if not (math.isfinite(temperature) and temperature >= 0):
+    raise GenerateError(f"--temperature={temperature} must be a finite "
+                        f"number >= 0 (0: greedy, the most likely token).")
+  if not 0 < top_p <= 1:
+    raise GenerateError(f"--top_p={top_p} must lie in (0, 1] (1: no "
+                        f"nucleus filtering).")
+  if top_k < 0:
+    raise GenerateError(f"--top_k={top_k} must be >= 0 (0: no top-k "
+                        f"filtering).")
+
+
 def sample(logits_BV: Array, rng: Array, temperature: float = 0.0,
            top_k: int = 0, top_p: float = 1.0) -> Array:
   """Next token per row: greedy at temperature 0, else a draw from
   softmax(logits / temperature) restricted by top-k, then top-p."""
-  if temperature < 0 or not 0.0 < top_p <= 1.0:
-    raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1; got "
-                     f"temperature={temperature}, top_p={top_p}")
+  check_sampling(temperature, top_k, top_p)
   if temperature == 0.0:
     return greedy(logits_BV)
   logits_BV = logits_BV.astype(jnp.float32) / temperature

@@ -57,16 +57,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
                       f"replace it, or choose a new directory.")
 
 
-def _pid_gone(pid: str) -> bool:
-  try:
-    os.kill(int(pid), 0)
-  except (ValueError, ProcessLookupError):
-    return True
-  except PermissionError:
-    return False
-  return False
-
-
 def _staged(out: Path):
   """A fresh hidden sibling of `out` to write into before the rename; the
   staging folders that earlier writes on this host left behind (their
@@ -75,7 +65,8 @@ def _staged(out: Path):
   out.parent.mkdir(parents=True, exist_ok=True)
   prefix = f".{out.name}.partial-{socket.gethostname()}-"
   for old in out.parent.glob(prefix + "*"):
-    if _pid_gone(old.name[len(prefix):]):
+    pid = old.name[len(prefix):]
+    if not pid.isdigit() or not lock.pid_alive(int(pid)):
       shutil.rmtree(old, ignore_errors=True)
   stage = out.parent / f"{prefix}{os.getpid()}"
   shutil.rmtree(stage, ignore_errors=True)

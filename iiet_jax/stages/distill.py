@@ -27,6 +27,7 @@ from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import runs
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.iiad import influence as inf
+from iiet_jax.iiad import selection as selection_lib
 from iiet_jax.iiad import teacher as teacher_lib
 from iiet_jax.models import registry
 from iiet_jax.overrides import with_model
@@ -184,8 +185,10 @@ def check_student(config, tokenizer=None) -> None:
   same tokenizer (`tokenizer`, once loaded; before that, the file
   `data.tokenizer` names). The student is the teacher's model with fewer
   iterations, so any other model field of the config is not used."""
+  d = config.distill
+  selection_lib.check(d.tau, d.budget or None)   # before the teacher is read
   run = teacher_run(config)
-  teacher = config.distill.teacher
+  teacher = d.teacher
   vocab = run.model.get("vocab_size")
   if vocab is not None and config.model.vocab_size != vocab:
     raise DistillError(

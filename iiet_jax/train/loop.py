@@ -132,9 +132,9 @@ class _Run:
   phase's Training) and the steps it takes over its plan."""
 
   def __init__(self, config, workdir: epath.Path, plan: list[Phase],
-               loaders, held=None):
+               loaders, held):
     self.config, self.workdir, self.plan = config, workdir, plan
-    self.held = held   # the workdir's lock (lock.py); None in tests
+    self.held = held   # the workdir's lock (lock.held)
     self.trace = profiling.StepTrace(config, workdir / "tensorboard")
     self.loaders = loaders
     self.watch = divergence.Divergence(
@@ -313,8 +313,6 @@ class _Run:
   def _check_lock(self) -> None:
     """Before a save: this run still holds its workdir (every process
     learns process 0's answer, so all stop together)."""
-    if self.held is None:
-      return
     if not multihost.primary_says(not self.held.lost):
       raise lock.LockError(
           f"{self.workdir}: this run lost its lock (another process took it "
