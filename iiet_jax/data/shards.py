@@ -46,7 +46,7 @@ def _count(path: str) -> int:
       reader.close()
 
 
-def _check(shard: Shard, remedy: str) -> Shard:
+def check(shard: Shard, remedy: str) -> Shard:
   if "://" in shard.path:  # remote files: checked as they are read
     return shard
   try:
@@ -96,14 +96,14 @@ class CheckedSource:
 def checked(source, shards: Sequence[Shard], remedy: str) -> CheckedSource:
   """`source` after checking every shard's footer; see the module doc.
   `source` must not have read its files yet (TFDS's sources open lazily)."""
-  return CheckedSource(source, [_check(s, remedy) for s in shards], remedy)
+  return CheckedSource(source, [check(s, remedy) for s in shards], remedy)
 
 
 def open_files(paths: Sequence[str], remedy: str) -> CheckedSource:
   """ArrayRecord files as one source, checked before Grain opens them (its
   source reads every footer at once, with errors that name no file)."""
   import grain
-  files = [_check(Shard(p), remedy) for p in paths]
+  files = [check(Shard(p), remedy) for p in paths]
   return CheckedSource(grain.sources.ArrayRecordDataSource(list(paths)),
                        files, remedy)
 

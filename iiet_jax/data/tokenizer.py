@@ -268,6 +268,16 @@ def carried_by(folder: epath.PathLike):
   return None
 
 
+def fingerprint(tokenizer) -> str:
+  """A sha256 of the files `carry` writes: equal exactly when `same`."""
+  import hashlib
+  digest = hashlib.sha256()
+  for name, data in sorted(_carried_files(tokenizer).items()):
+    digest.update(name.encode() + b"\0" + len(data).to_bytes(8, "little"))
+    digest.update(data)
+  return digest.hexdigest()
+
+
 def _carried_files(tokenizer) -> dict[str, bytes]:
   import json
   if isinstance(tokenizer, Tokenizer):
