@@ -207,6 +207,9 @@ def data_config(tiny: bool) -> ml_collections.ConfigDict:
       # cross inits with data orders.
       seed=ml_collections.config_dict.placeholder(int),
       paths=(),                 # files: files/dirs/globs; tokens: train files
+      # files: several sources mixed by token share (data/mixture.py), each
+      # {"paths": (...), "weight": share}; read from `iiet prepare`'s shards.
+      mixture=ml_collections.ConfigDict(),
       validation_paths=(),      # tokens: validation ArrayRecord files
       text_field="text",        # jsonl field / parquet column / TFDS feature
       tfds_name="",             # tfds: e.g. "c4/en:3.1.0"

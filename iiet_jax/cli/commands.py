@@ -182,6 +182,23 @@ def plot(F, more_runs: list[str]) -> None:
 
 
 # A command with a --config flag (cli/flags.py) gets the loaded config too.
-HANDLERS = {"train": train, "sweep": sweep, "influence": influence,
+def prepare(F, config) -> None:
+  import shlex
+  from iiet_jax.data import prepare as prepare_lib
+  if config is None:
+    raise UsageError("prepare needs --config: the run config whose data "
+                     "block names the corpus, e.g. --config=configs/lm.py:"
+                     "model=iiet,size=tiny --config.data.source=files "
+                     "--config.data.paths=/data/*.jsonl.zst.")
+  from iiet_jax.data import token_shards
+  # The log (Beam's workers' lines included) goes beside the shards.
+  logs.attach(str(token_shards.location(config.data)))
+  folder = prepare_lib.prepare(config.data, config.model.vocab_size,
+                               F.workers, shlex.split(F.beam_options))
+  print(f"prepared   {folder}\n  `iiet train` with the same --config "
+        f"flags reads it.")
+
+
+HANDLERS = {"train": train, "prepare": prepare, "sweep": sweep, "influence": influence,
             "distill": distill, "generate": generate, "export": export,
             "score": score, "import": import_hf}

@@ -110,6 +110,17 @@ COMMANDS = {
               "Llama-style one)"),
          _workdir("the new run directory (step 0)"), _CONFIG,
          Flag("overwrite", "bool", False, "replace a non-empty --workdir"))),
+    "prepare": Command(
+        "tokenise a files corpus (or a data.mixture) once, in parallel, into "
+        "token shards that `iiet train` with the same config reads",
+        "iiet prepare --config=... --config.data.source=files "
+        "--config.data.paths=GLOB [--workers=2] [--beam_options=...]",
+        (_CONFIG,
+         Flag("workers", "integer", 1, "worker processes on this machine "
+              "(Apache Beam's DirectRunner)"),
+         Flag("beam_options", "string", "", "Apache Beam pipeline options "
+              "for another runner instead, e.g. \"--runner=DataflowRunner "
+              "--project=P --region=R --temp_location=gs://B/tmp\""))),
     "plot": Command(
         "train and validation loss curves of one or more runs in one PNG",
         "iiet plot --workdir=RUN [RUN ...] [--out=FILE.png]",

@@ -5,6 +5,10 @@ Per stream (see below), in this order:
   source -> shuffle(seed) -> repeat -> slice(stream) -> tokenize   MapDataset
     -> split documents longer than T -> pack -> batch               IterDataset
 
+A mixture (mixture.py) shuffles, repeats and tokenises each source, mixes
+them, then slices the streams; its tokens carry their source's index through
+packing, counted (`mixture.SourceTokens`) and dropped before the batch leaves.
+
 then the process's streams are zipped into its rows of the global batch and
 prefetched by `workers` processes. Packing is `concat` (documents joined and
 cut every T tokens; rows are dense and attention crosses documents) or
@@ -31,6 +35,7 @@ from absl import flags
 import grain
 import numpy as np
 
+from iiet_jax.data import mixture as mixture_lib
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.errors import UserError
 
@@ -118,38 +123,49 @@ class Tokenize(grain.transforms.Map):
 
 
 class SplitLong(grain.experimental.FlatMapTransform):
-  """A document -> pieces of at most `seq_len` tokens, in order, none lost."""
+  """A document (ids, or a dict of per-token arrays) -> pieces of at most
+  `seq_len` tokens, in order, none lost."""
 
   def __init__(self, seq_len: int):
     self.seq_len = seq_len
     self.max_fan_out = 1  # Informational: the iterator form is unbounded.
 
-  def flat_map(self, ids: np.ndarray) -> list[dict[str, np.ndarray]]:
-    if not len(ids):
-      return []
-    return [{"tokens": ids[i:i + self.seq_len]}
-            for i in range(0, len(ids), self.seq_len)]
+  def flat_map(self, doc) -> list[dict[str, np.ndarray]]:
+    parts = doc if isinstance(doc, dict) else {"tokens": doc}
+    n = len(parts["tokens"])
+    return [{k: v[i:i + self.seq_len] for k, v in parts.items()}
+            for i in range(0, n, self.seq_len)]
+
+
+def _tagged(row: dict[str, np.ndarray], element) -> dict[str, np.ndarray]:
+  if "source" in element:
+    row["source"] = element["source"].astype(np.int32)
+  return row
 
 
 def _packed_row(element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Grain's packing output -> our batch keys ([T] int32 each)."""
   segment_ids = element["tokens_segment_ids"].astype(np.int32)
-  return {"tokens": element["tokens"].astype(np.int32),
-          "positions": element["tokens_positions"].astype(np.int32),
-          "segment_ids": segment_ids,
-          "mask": (segment_ids > 0).astype(np.int32)}
+  return _tagged({"tokens": element["tokens"].astype(np.int32),
+                  "positions": element["tokens_positions"].astype(np.int32),
+                  "segment_ids": segment_ids,
+                  "mask": (segment_ids > 0).astype(np.int32)}, element)
 
 
 def _dense_row(element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Concat rows are full except, in a finite pass, the last one."""
-  return {"tokens": element["tokens"].astype(np.int32),
-          "mask": (element["tokens_segment_ids"] > 0).astype(np.int32)}
+  return _tagged({"tokens": element["tokens"].astype(np.int32),
+                  "mask": (element["tokens_segment_ids"] > 0
+                           ).astype(np.int32)}, element)
 
 
 def pack(ds: grain.IterDataset, config: PipelineConfig,
-         rows: int, seed: int) -> grain.IterDataset:
-  """Pieces of <= T tokens -> rows of exactly T tokens."""
+         rows: int, seed: int, tagged: bool = False) -> grain.IterDataset:
+  """Pieces of <= T tokens -> rows of exactly T tokens (with the "source"
+  of each token when `tagged`)."""
   length = {"tokens": config.seq_len}
+  if tagged:
+    length["source"] = config.seq_len
   if config.packing == "concat":
     return grain.experimental.ConcatThenSplitIterDataset(
         ds, length_struct=length).map(_dense_row)
@@ -166,27 +182,48 @@ def _concat(batches: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
 
 
-def token_stream(source: grain.MapDataset, to_ids: Callable,
+def token_stream(source: grain.MapDataset, to_ids: Callable | None,
                  config: PipelineConfig) -> grain.IterDataset:
-  """Documents (already in stream order) -> pieces of at most T tokens."""
-  ds = source.map(to_ids).to_iter_dataset()
+  """Documents (already in stream order) -> pieces of at most T tokens;
+  `to_ids` None: the documents are ids already."""
+  ds = (source if to_ids is None else source.map(to_ids)).to_iter_dataset()
   return grain.experimental.FlatMapIterDataset(ds, SplitLong(config.seq_len))
 
 
+def _source_seed(seed: int, index: int) -> int:
+  """Source `index`'s shuffle seed in a mixture (source 0: `seed`)."""
+  return seed + 1_000_003 * index
+
+
+def _documents(source, to_ids: Callable, config: PipelineConfig,
+               rates: Sequence[float] | None) -> grain.MapDataset:
+  """Every training document in order, as ids (module doc)."""
+  if rates is None:
+    if not len(source):
+      raise PipelineError("The training source holds no documents.")
+    return grain.MapDataset.source(source).shuffle(
+        seed=config.seed).repeat().map(to_ids)
+  parts = [grain.MapDataset.source(s).shuffle(seed=_source_seed(
+      config.seed, k)).repeat().map(to_ids).map(mixture_lib.Tag(k))
+           for k, s in enumerate(source)]
+  return mixture_lib.mixed(parts, rates)
+
+
 def train_dataset(source, to_ids: Callable, config: PipelineConfig,
-                  process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """This process's rows of every global batch, endlessly; see module doc."""
-  if not len(source):
-    raise PipelineError("The training source holds no documents.")
+                  process_index: int = 0, process_count: int = 1,
+                  sources: Sequence[str] = (),
+                  rates: Sequence[float] | None = None) -> grain.IterDataset:
+  """This process's rows of every global batch, endlessly; see module doc.
+  A mixture: `source` lists the sources named `sources`, mixed at `rates`
+  (shares of documents)."""
   streams, rows = stream_layout(config, process_index, process_count)
   total = config.streams or process_count
-  shuffled = grain.MapDataset.source(source).shuffle(
-      seed=config.seed).repeat()
+  documents = _documents(source, to_ids, config, rates)
   parts = []
   for s in streams:
-    ds = token_stream(shuffled.slice(slice(s, None, total)), to_ids, config)
-    ds = pack(ds, config, rows, seed=config.seed + s)
+    ds = token_stream(documents.slice(slice(s, None, total)), None, config)
+    ds = pack(ds, config, rows, seed=config.seed + s,
+              tagged=rates is not None)
     parts.append(ds.batch(rows, drop_remainder=True, batch_fn=_stack))
   ds = (parts[0] if len(parts) == 1 else
         grain.experimental.ZipIterDataset(parts).map(_concat))
@@ -197,6 +234,8 @@ def train_dataset(source, to_ids: Callable, config: PipelineConfig,
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.workers, per_worker_buffer_size=config.worker_buffer))
+  if rates is not None:
+    ds = mixture_lib.SourceTokens(ds, sources)
   return ds
 
 
@@ -226,6 +265,11 @@ class TrainIterator:
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._it.set_state(state)
+
+  def source_tokens(self) -> dict[str, int] | None:
+    """Tokens each mixture source gave this process's batches so far."""
+    tokens = getattr(self._it, "tokens", None)
+    return tokens() if tokens is not None else None
 
   def close(self) -> None:
     close = getattr(self._it, "close", None)
@@ -263,7 +307,8 @@ def validation_batches(source, to_ids: Callable, config: PipelineConfig,
   if doc_tokens < 0:
     raise PipelineError(f"eval_doc_tokens={doc_tokens} must be >= 0 (0 reads "
                         f"whole documents).")
-  docs = grain.MapDataset.source(source)
+  docs = (source if isinstance(source, grain.MapDataset)
+          else grain.MapDataset.source(source))
   if doc_tokens:
     to_ids = FirstTokens(to_ids, doc_tokens)
   pieces = token_stream(docs, to_ids, config)

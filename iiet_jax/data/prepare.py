@@ -214,17 +214,27 @@ def _tokenizer(data, vocab_size: int, folder: epath.Path,
   return tokenizer, origin
 
 
-def _pipeline(workers: int, beam_options: Sequence[str]) -> beam.Pipeline:
+def _pipeline(workers: int, beam_options: Sequence[str],
+              folder: epath.Path) -> beam.Pipeline:
   """Beam's FnApiRunner with `workers` processes, or what `beam_options`
-  name. (Beam's DirectRunner would first try to download its Prism runner.)"""
+  name. (Beam's DirectRunner would first try to download its Prism runner.)
+  The workers' own log lines go to FOLDER/beam_workers.log, not the screen."""
   from apache_beam.options.pipeline_options import PipelineOptions
   if beam_options:
     return beam.Pipeline(options=PipelineOptions(list(beam_options)))
   from apache_beam.runners.portability.fn_api_runner import fn_runner
-  options = PipelineOptions(
-      [], direct_num_workers=workers,
-      direct_running_mode="multi_processing" if workers > 1 else "in_memory")
-  return beam.Pipeline(runner=fn_runner.FnApiRunner(), options=options)
+  environment = None
+  if workers > 1:
+    import shlex
+    import sys
+    from apache_beam.transforms import environments
+    log = shlex.quote(os.fspath(folder / "beam_workers.log"))
+    environment = environments.SubprocessSDKEnvironment.from_command_string(
+        f"{shlex.quote(sys.executable)} -m "
+        f"apache_beam.runners.worker.sdk_worker_main 2>>{log}")
+  return beam.Pipeline(
+      runner=fn_runner.FnApiRunner(default_environment=environment),
+      options=PipelineOptions([], direct_num_workers=workers))
 
 
 class _Progress:
@@ -336,16 +346,17 @@ def prepare(data, vocab_size: int, workers: int = 1,
         os.fspath(folder) else (folder / "errors").rmtree()
   todo = [t for t in tasks
           if not (folder / layout.part_name(t.source, t.index)).exists()]
-  _log.info("prepare    %d files of %d sources into %s (%d done before); "
-            "%s", len(todo), len(set(t.source for t in tasks)), folder,
+  sources = len(set(t.source for t in tasks))
+  _log.info("prepare    %d files of %d source%s into %s (%d done before); "
+            "%s", len(todo), sources, "s" if sources > 1 else "", folder,
             len(tasks) - len(todo),
             "runner from --beam_options" if beam_options
             else f"{workers} worker process{'es' if workers > 1 else ''}")
   if todo:
     fn = TokenizeFile(os.fspath(folder), data.text_field,
                       float(data.validation_fraction))
-    with _Progress(folder, todo), _pipeline(workers,
-                                            beam_options) as pipeline:
+    with _Progress(folder, todo), _pipeline(workers, beam_options,
+                                            folder) as pipeline:
       _ = (pipeline | beam.Create(todo) | beam.Reshuffle()
            | beam.ParDo(fn))
   _errors(folder)

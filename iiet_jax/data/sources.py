@@ -1,7 +1,8 @@
 """From a config's `data` block to random-access splits and their tokenizer.
 
   data.source = "stdlib"   the running Python's standard library (default)
-              = "files"    .txt / .jsonl(.gz, .zst) / .parquet: data.paths
+              = "files"    .txt / .jsonl(.gz, .zst) / .parquet: data.paths,
+                           or several sources mixed: data.mixture
               = "tfds"     a prepared TFDS dataset: data.tfds_name, data_dir
               = "tokens"   ArrayRecord files of pre-tokenised documents:
                            data.paths (train), data.validation_paths
@@ -12,6 +13,11 @@ or `.json` file, or, when empty, a `.model` of the model's vocabulary size
 is trained on the train split and cached beside the prepared data. A
 `tokens` record is one document's ids as little-endian int32 bytes
 (`write_token_records` writes them), with any bos/eos already in place.
+
+A "files" source that `iiet prepare` has tokenised (token_shards.py) is read
+from its token shards, with the tokenizer that made them; otherwise it is
+prepared here as a TFDS dataset and tokenised as it is read. A mixture is
+always read from prepared shards.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ import grain
 import numpy as np
 
 from iiet_jax.data import corpus
+from iiet_jax.data import mixture as mixture_lib
 from iiet_jax.data import pipeline
 from iiet_jax.data import shards
+from iiet_jax.data import token_shards
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.errors import MissingInputError
 
@@ -42,6 +50,10 @@ class Inputs:
   to_ids: Callable[[Any], np.ndarray]
   tokenizer: tok_lib.Tokenizer | None
   description: str
+  # A mixture: the sources' names, and their shares of the documents that
+  # give data.mixture's token shares; train and validation are lists then.
+  sources: tuple[str, ...] = ()
+  rates: list[float] | None = None
 
 
 class TokenRecordIds(grain.transforms.Map):
@@ -144,6 +156,48 @@ def _token_inputs(data, vocab_size: int) -> Inputs:
                 f"token records {list(data.paths)}")
 
 
+def _prepared_inputs(data, vocab_size: int, folder, metadata) -> Inputs:
+  wanted = tok_lib.load_tokenizer(data.tokenizer) if data.tokenizer else None
+  tokenizer = token_shards.check_tokenizer(folder, metadata, wanted)
+  tok_lib.check_vocab(tokenizer.vocab_size, vocab_size)
+  names = tuple(mixture_lib.sources(data))
+  splits = {split: [token_shards.open_split(folder, metadata, n, split)
+                    for n in names] for split in ("train", "validation")}
+  counts = metadata["sources"]
+  shares = mixture_lib.weights(data)
+  docs = sum(counts[n]["train"]["documents"] for n in names)
+  description = (f"prepared token shards {folder} ({docs:,} train documents"
+                 f", {len(names)} source{'s' if len(names) > 1 else ''})")
+  if shares is None:
+    return Inputs(splits["train"][0], splits["validation"][0],
+                  TokenRecordIds(), tokenizer, description)
+  rates = mixture_lib.document_rates(
+      [shares[n] for n in names],
+      [counts[n]["train"]["tokens"] / counts[n]["train"]["documents"]
+       for n in names])
+  return Inputs(splits["train"], splits["validation"], TokenRecordIds(),
+                tokenizer, description, names, rates)
+
+
+def _prepared(data, vocab_size: int) -> Inputs | None:
+  """The inputs `iiet prepare` made for a files source, None when it made
+  none (a mixture needs them)."""
+  folder = token_shards.location(data)
+  metadata = token_shards.read_metadata(folder)
+  if metadata is not None:
+    return _prepared_inputs(data, vocab_size, folder, metadata)
+  if token_shards.unfinished(folder):
+    raise pipeline.PipelineError(
+        f"{folder} holds an unfinished `iiet prepare` of this corpus; run "
+        f"`iiet prepare` with this run's --config flags again to finish it "
+        f"(files already tokenised are kept), or delete it.")
+  if data.get("mixture"):
+    raise pipeline.PipelineError(
+        f"data.mixture is read from prepared token shards, and none are in "
+        f"{folder}: run `iiet prepare` with this run's --config flags first.")
+  return None
+
+
 def open_inputs(data, vocab_size: int) -> Inputs:
   """Prepares (once) and opens the configured corpus; see module doc."""
   if data.source not in SOURCES:
@@ -152,6 +206,14 @@ def open_inputs(data, vocab_size: int) -> Inputs:
         f"{', '.join(SOURCES)}.")
   if data.source == "tokens":
     return _token_inputs(data, vocab_size)
+  if data.get("mixture") and data.source != "files":
+    raise mixture_lib.MixtureError(
+        f"data.mixture mixes files sources; set data.source='files' (it is "
+        f"{data.source!r}).")
+  if data.source == "files" and (data.paths or data.get("mixture")):
+    prepared = _prepared(data, vocab_size)
+    if prepared is not None:
+      return prepared
   if data.source == "tfds":
     builder = _tfds_builder(data)
     text_field = data.text_field

@@ -67,6 +67,14 @@ def global_batch(local: Mapping[str, np.ndarray],
   return out
 
 
+def sum_over_processes(values: np.ndarray) -> np.ndarray:
+  """`values` summed over every process (each process calls it)."""
+  if jax.process_count() == 1:
+    return values
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(values)).sum(0)
+
+
 def primary_says(ok: bool) -> bool:
   """Process 0's `ok`, in every process (one small broadcast; a single
   process just returns it)."""

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from etils import epath
 import jax
+import numpy as np
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import lock
@@ -267,6 +268,7 @@ class _Run:
       if log:
         row = writers_lib.train_metrics(self.metrics, self.timer, training,
                                         config)
+        row.update(self._source_tokens())
         self.writers.write(step, row)
         self.writers.progress(step, row)
         self._check_finite(step)
@@ -284,6 +286,14 @@ class _Run:
                            f"{step} written; stopping")
         return state, step, True
     return state, step, False
+
+  def _source_tokens(self) -> dict[str, int]:
+    """{"tokens/<source>": tokens so far} of a mixture, over all processes."""
+    counts = self.loaders.train.source_tokens()
+    if not counts:
+      return {}
+    total = multihost.sum_over_processes(np.asarray(list(counts.values())))
+    return {f"tokens/{n}": int(c) for n, c in zip(counts, total)}
 
   def _check_finite(self, step: int, state=None) -> None:
     """Raises DivergedError once a loss, gradient norm or (with `state`,
