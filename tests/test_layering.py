@@ -53,10 +53,10 @@ RANK = {unit: rank for rank, units in enumerate(LAYERS) for unit in units}
 
 # Inside data/, the same rule between its modules, lowest first.
 DATA_LAYERS = (
-    ("documents", "fast_tokenizer"),
+    ("documents", "fast_tokenizer", "mixture", "sample_corpus"),
     ("shards", "tokenizer"),
-    ("corpus", "pipeline"),
-    ("sources",),
+    ("corpus", "pipeline", "token_shards"),
+    ("sources", "prepare"),
     ("loader",),
 )
 

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging as pylogging
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -111,7 +110,7 @@ class _ShardWriter:
     if self.remote:
       epath.Path(self.local).copy(self.partial, overwrite=True)
       os.remove(self.local)
-    self.partial.rename(self.final)
+    self.partial.replace(self.final)   # a crash may have left one
 
   def discard(self) -> None:
     self.writer.close()
@@ -171,7 +170,7 @@ def _write(path: epath.Path, text: str) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   partial = path.parent / f".{path.name}.partial-{os.getpid()}"
   partial.write_text(text)
-  partial.rename(path)
+  partial.replace(path)
 
 
 def _sample_texts(tasks: Sequence[Task], data) -> Iterator[str]:
@@ -341,9 +340,12 @@ def prepare(data, vocab_size: int, workers: int = 1,
     return folder
   folder.mkdir(parents=True, exist_ok=True)
   tok_lib.carry(tokenizer, folder)
+  # Left by an earlier run: its errors (those files are retried) and the
+  # half-written files of a killed one.
   if (folder / "errors").exists():
-    shutil.rmtree(os.fspath(folder / "errors")) if "://" not in \
-        os.fspath(folder) else (folder / "errors").rmtree()
+    (folder / "errors").rmtree()
+  for stale in [*folder.glob(".*.partial-*"), *folder.glob("*/.*.partial-*")]:
+    stale.unlink()
   todo = [t for t in tasks
           if not (folder / layout.part_name(t.source, t.index)).exists()]
   sources = len(set(t.source for t in tasks))

@@ -206,10 +206,12 @@ def open_inputs(data, vocab_size: int) -> Inputs:
         f"{', '.join(SOURCES)}.")
   if data.source == "tokens":
     return _token_inputs(data, vocab_size)
-  if data.get("mixture") and data.source != "files":
-    raise mixture_lib.MixtureError(
-        f"data.mixture mixes files sources; set data.source='files' (it is "
-        f"{data.source!r}).")
+  if data.get("mixture"):
+    if data.source != "files":
+      raise mixture_lib.MixtureError(
+          f"data.mixture mixes files sources; set data.source='files' (it "
+          f"is {data.source!r}).")
+    mixture_lib.sources(data), mixture_lib.weights(data)   # checked first
   if data.source == "files" and (data.paths or data.get("mixture")):
     prepared = _prepared(data, vocab_size)
     if prepared is not None:
