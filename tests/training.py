@@ -132,3 +132,34 @@ class NoData:
 
   def start_prefetch(self) -> None:
     pass
+
+
+def _masked_crc(data: bytes) -> int:
+  from tensorboardX.crc32c import crc32c
+  # TFRecord's mask, written out here so the check does not trust the writer.
+  crc = crc32c(data)
+  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def tensorboard_events(workdir):
+  """Every Event in WORKDIR/tensorboard, read through TFRecord framing."""
+  import struct
+  from tensorboardX.proto import event_pb2
+  out = []
+  for path in sorted((workdir / "tensorboard").glob("events.out.*")):
+    data = path.read_bytes()
+    i = 0
+    while i < len(data):
+      header = data[i:i + 8]
+      (length,) = struct.unpack("<Q", header)
+      (length_crc,) = struct.unpack("<I", data[i + 8:i + 12])
+      payload = data[i + 12:i + 12 + length]
+      end = i + 12 + length
+      (payload_crc,) = struct.unpack("<I", data[end:end + 4])
+      assert length_crc == _masked_crc(header)
+      assert payload_crc == _masked_crc(payload)
+      i += 16 + length
+      event = event_pb2.Event()
+      event.ParseFromString(payload)
+      out.append(event)
+  return out

@@ -96,7 +96,9 @@ def find_files(paths: Sequence[str], suffixes: Sequence[str],
     else:
       path = epath.Path(entry)
       if not path.exists():
-        raise MissingInputError(f"Corpus path {entry} does not exist.")
+        raise MissingInputError(f"Corpus path {entry} does not exist; correct "
+                               f"it (data.paths, or the paths of a "
+                               f"data.mixture source).")
       if path.is_dir():
         matches = _walk(path, exclude_dirs)
       elif path.name.endswith(suffixes):

@@ -322,14 +322,14 @@ def _metadata(folder: epath.Path, tasks: Sequence[Task], data, tokenizer,
 def prepare(data, vocab_size: int, workers: int = 1,
             beam_options: Sequence[str] = ()) -> epath.Path:
   """Prepares what `data` names (once); returns its folder. See module doc."""
+  if workers < 1:
+    raise PrepareError(f"--workers={workers} must be >= 1.")
   if data.source != "files":
     raise PrepareError(
         f"iiet prepare reads data.source='files' (data.paths, or "
         f"data.mixture), not data.source={data.source!r}: the stdlib corpus "
         f"is small enough for `iiet train` to prepare itself, and 'tfds' / "
         f"'tokens' sources are prepared already.")
-  if workers < 1:
-    raise PrepareError(f"--workers={workers} must be >= 1.")
   weights = mixture_lib.weights(data)
   tasks = _tasks(data)
   folder = layout.location(data)

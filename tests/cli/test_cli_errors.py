@@ -141,6 +141,21 @@ CASES = [
      "config.json"),
     (["import", "--hf=T/bad_hf", "--workdir=T/run"], "T/bad_hf/config.json",
      "not valid JSON"),
+    # prepare
+    (["prepare", LM], "data.source='stdlib'", "data.source='files'"),
+    (["prepare", LM, "--config.data.source=files",
+      "--config.data.paths=T/empty"], "T/empty", "ending in"),
+    (["prepare", LM, "--config.data.source=files",
+      "--config.data.paths=T/file", "--workers=0"], "--workers=0", ">= 1"),
+    (["prepare", "--config=configs/mixture.py:root=T/empty",
+      "--config.data.mixture.RedPajamaC4.weight=0"],
+     "data.mixture.RedPajamaC4.weight=0", "Remove the source"),
+    (["prepare", "--config=configs/mixture.py:model=iiet"], "root=DIR",
+     "configs/mixture.py:model=iiet,size=tiny,root="),
+    (["prepare", "--config=configs/mixture.py:root=T/empty",
+      "--config.data.data_dir=T/empty"], "'RedPajamaArXiv'", "correct it"),
+    (["--config=configs/mixture.py:root=T/empty", "--workdir=T/run",
+      "--config.data.data_dir=T/empty"], "data.mixture", "run `iiet prepare`"),
     # plot
     (["plot"], "--workdir", "iiet plot --help"),
     (["plot", "--workdir=T/empty"], "T/empty", "metrics.jsonl"),
@@ -150,7 +165,7 @@ CASES = [
 # One case per kind of failure, in the default suite.
 FAST_ARGS = ("--config.model.iterations=-1", "--config.total_steps=10",
              "--workdir=T/file", "--tau=1.5", "--dtype=float8",
-             "--config.optimizer.peak_lr=nan", "--top_p=1.5")
+             "--config.optimizer.peak_lr=nan", "--top_p=1.5", "--workers=0")
 FAST = [i for i, (args, _, _) in enumerate(CASES)
         if any(a in args for a in FAST_ARGS)]
 

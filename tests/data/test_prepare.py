@@ -27,7 +27,8 @@ from iiet_jax.data import sources
 from iiet_jax.data import token_shards
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.errors import UserError
-from training import ROOT, load_lm_config
+from training import (ROOT, load_lm_config, run_config, stop_after,
+                      tensorboard_events)
 
 VOCAB = 320
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
@@ -404,3 +405,42 @@ def test_the_same_seed_gives_the_same_mixture_and_another_does_not(mixed):
   finally:
     mixed.data.seed = None
   assert not np.array_equal(first[0], other)
+
+
+@pytest.mark.slow
+def test_a_mixture_run_logs_tokens_per_source_and_resumes_them(tmp_path,
+                                                               mixed):
+  from iiet_jax import stages
+  config = run_config(tmp_path / "data", "transformer", total_steps=8)
+  config.model.vocab_size = VOCAB
+  for key in ("source", "data_dir", "validation_fraction", "tokenizer",
+              "mixture"):
+    config.data[key] = mixed.data[key]
+  config.data.paths = config.data.validation_paths = ()
+
+  def tokens(workdir):
+    rows = [json.loads(line) for line in
+            (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: ({k: v for k, v in r.items()
+                         if k.startswith("tokens/")}, r["loss"])
+            for r in rows if "tokens/short" in r}
+
+  stages.train(config, tmp_path / "straight")
+  with stop_after(3):
+    stages.train(config, tmp_path / "resumed")
+  stages.train(config, tmp_path / "resumed")
+  straight, resumed = tokens(tmp_path / "straight"), tokens(tmp_path /
+                                                            "resumed")
+  assert sorted(straight) == list(range(1, 9))
+  # After the resume, the counts (and the batches: the losses) go on as if
+  # the run had never stopped.
+  for step in range(4, 9):
+    assert resumed[step] == straight[step]
+  counts = [sum(straight[s][0].values()) for s in range(1, 9)]
+  assert all(b > a for a, b in zip(counts, counts[1:]))
+  assert all(v > 0 for v in straight[8][0].values())
+  assert counts[-1] <= 8 * config.batch_size * config.seq_len
+  tags = {v.tag for e in tensorboard_events(tmp_path / "straight")
+          for v in e.summary.value}
+  assert {"train/tokens/short", "train/tokens/medium",
+          "train/tokens/long"} <= tags

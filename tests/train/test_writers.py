@@ -4,45 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-
-from tensorboardX.crc32c import crc32c
-from tensorboardX.proto import event_pb2
 
 from iiet_jax.train.writers import MetricWriters
+from training import tensorboard_events
 
 
 class _Tty(io.StringIO):
   def isatty(self):
     return True
-
-
-def _masked_crc(data: bytes) -> int:
-  # TFRecord's mask, written out here so the check does not trust the writer.
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _events(workdir):
-  """Every Event in the TensorBoard files, read through TFRecord framing."""
-  out = []
-  for path in sorted((workdir / "tensorboard").glob("events.out.*")):
-    data = path.read_bytes()
-    i = 0
-    while i < len(data):
-      header = data[i:i + 8]
-      (length,) = struct.unpack("<Q", header)
-      (length_crc,) = struct.unpack("<I", data[i + 8:i + 12])
-      payload = data[i + 12:i + 12 + length]
-      end = i + 12 + length
-      (payload_crc,) = struct.unpack("<I", data[end:end + 4])
-      assert length_crc == _masked_crc(header)
-      assert payload_crc == _masked_crc(payload)
-      i += 16 + length
-      event = event_pb2.Event()
-      event.ParseFromString(payload)
-      out.append(event)
-  return out
 
 
 def test_jsonl_and_tensorboard_hold_the_values(tmp_path):
@@ -57,12 +26,12 @@ def test_jsonl_and_tensorboard_hold_the_values(tmp_path):
                     "grad_norm": 1.25},
                    {"step": 2, "split": "validation", "loss": 3.0},
                    {"step": 2, "event": "checkpoint saved"}]
-  scalars = {(v.tag, e.step): v.simple_value for e in _events(tmp_path)
+  scalars = {(v.tag, e.step): v.simple_value for e in tensorboard_events(tmp_path)
              for v in e.summary.value if v.HasField("simple_value")}
   assert scalars == {("train/loss", 1): 3.5, ("train/grad_norm", 1): 1.25,
                      ("validation/loss", 2): 3.0}
   texts = [(v.tag, e.step, v.tensor.string_val[0].decode())
-           for e in _events(tmp_path) for v in e.summary.value
+           for e in tensorboard_events(tmp_path) for v in e.summary.value
            if v.HasField("tensor")]
   assert texts == [("events/text_summary", 2, "checkpoint saved")]
 
