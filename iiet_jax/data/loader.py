@@ -44,7 +44,8 @@ def make_loaders(config, process_index: int | None = None,
   validation = inputs.validation
   if inputs.rates is not None:   # the sources' documents, mixed in order
     validation = mixture.mixed(
-        [grain.MapDataset.source(v) for v in validation], inputs.rates)
+        [grain.MapDataset.source(v) for v in validation],
+        inputs.validation_rates)
   validation = pipeline.validation_batches(
       validation, inputs.to_ids, spec, config.data.eval_batches,
       process_index, process_count,

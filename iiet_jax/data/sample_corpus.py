@@ -1,6 +1,7 @@
 """A small corpus shaped like SlimPajama, from the standard library's text.
 
   python -m iiet_jax.data.sample_corpus OUT [--files_per_source=4]
+                                            [--docs_per_file=50]
 
 writes OUT/<source>/chunk-NNNN.jsonl.zst for SlimPajama's seven sources
 (one JSON object per line: "text" and "meta.redpajama_set_name", as
@@ -46,7 +47,7 @@ def stdlib_texts(limit: int | None = None) -> list[str]:
   return texts
 
 
-def write(out: str, files_per_source: int = 4, docs_per_file: int = 8,
+def write(out: str, files_per_source: int = 4, docs_per_file: int = 50,
           texts: Sequence[str] | None = None) -> dict[str, list[str]]:
   """Writes the corpus (module doc); returns {source: its files}."""
   import pyarrow as pa
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")
   parser.add_argument("--files_per_source", type=int, default=4)
-  parser.add_argument("--docs_per_file", type=int, default=8)
+  parser.add_argument("--docs_per_file", type=int, default=50)
   args = parser.parse_args(argv)
   files = write(args.out, args.files_per_source, args.docs_per_file)
   print(f"wrote {sum(map(len, files.values()))} files of {len(files)} "

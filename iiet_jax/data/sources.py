@@ -54,6 +54,7 @@ class Inputs:
   # give data.mixture's token shares; train and validation are lists then.
   sources: tuple[str, ...] = ()
   rates: list[float] | None = None
+  validation_rates: list[float] | None = None  # of the sources holding any
 
 
 class TokenRecordIds(grain.transforms.Map):
@@ -161,22 +162,32 @@ def _prepared_inputs(data, vocab_size: int, folder, metadata) -> Inputs:
   tokenizer = token_shards.check_tokenizer(folder, metadata, wanted)
   tok_lib.check_vocab(tokenizer.vocab_size, vocab_size)
   names = tuple(mixture_lib.sources(data))
-  splits = {split: [token_shards.open_split(folder, metadata, n, split)
-                    for n in names] for split in ("train", "validation")}
   counts = metadata["sources"]
   shares = mixture_lib.weights(data)
+  train = [token_shards.open_split(folder, metadata, n, "train")
+           for n in names]
+  # A small source may give no validation document; the validation pass
+  # mixes those that do (with their rates), and needs one at least.
+  held = [n for n in names if counts[n]["validation"]["documents"]] \
+      if shares else names
+  if not held:
+    held = names   # open_split's error names the fraction to change
+  validation = [token_shards.open_split(folder, metadata, n, "validation")
+                for n in held]
   docs = sum(counts[n]["train"]["documents"] for n in names)
   description = (f"prepared token shards {folder} ({docs:,} train documents"
                  f", {len(names)} source{'s' if len(names) > 1 else ''})")
   if shares is None:
-    return Inputs(splits["train"][0], splits["validation"][0],
-                  TokenRecordIds(), tokenizer, description)
-  rates = mixture_lib.document_rates(
-      [shares[n] for n in names],
-      [counts[n]["train"]["tokens"] / counts[n]["train"]["documents"]
-       for n in names])
-  return Inputs(splits["train"], splits["validation"], TokenRecordIds(),
-                tokenizer, description, names, rates)
+    return Inputs(train[0], validation[0], TokenRecordIds(), tokenizer,
+                  description)
+  mean = {n: counts[n]["train"]["tokens"] / counts[n]["train"]["documents"]
+          for n in names}
+  rates = mixture_lib.document_rates([shares[n] for n in names],
+                                     [mean[n] for n in names])
+  validation_rates = mixture_lib.document_rates([shares[n] for n in held],
+                                                [mean[n] for n in held])
+  return Inputs(train, validation, TokenRecordIds(), tokenizer, description,
+                names, rates, validation_rates)
 
 
 def _prepared(data, vocab_size: int) -> Inputs | None:
