@@ -313,6 +313,22 @@ def test_without_a_tokenizer_one_is_trained_first(tmp_path):
   assert tok_lib.carried_by(folder).vocab_size == VOCAB
 
 
+def test_a_source_without_validation_documents_is_left_out_of_validation(
+    tmp_path, tokenizer):
+  from iiet_jax.data import documents as docs_lib
+  src = _one_source(tmp_path)
+  lone = next(t for t in _documents(random.Random(7), 50, 5, 30)
+              if docs_lib.split_of(t, 0.2) == "train")
+  _zst(tmp_path / "lone" / "a.jsonl.zst", [json.dumps({"text": lone})])
+  config = _config(tmp_path / "out", tokenizer,
+                   a={"paths": (str(src),), "weight": 1.0},
+                   lone={"paths": (str(tmp_path / "lone"),), "weight": 1.0})
+  prep.prepare(config.data, VOCAB)
+  inputs = sources.open_inputs(config.data, VOCAB)
+  assert len(inputs.train) == 2 and len(inputs.rates) == 2
+  assert len(inputs.validation) == 1 and inputs.validation_rates == [1.0]
+
+
 def test_a_mixture_needs_prepared_shards(tmp_path, tokenizer):
   src = _one_source(tmp_path)
   config = _config(tmp_path / "out", tokenizer,
