@@ -152,6 +152,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # nonfinite_max_skips in a row.
   config.nonfinite = "stop"
   config.nonfinite_max_skips = 5
+  # JAX's persistent compilation cache (iiet_jax/train/compile_cache.py):
+  # "auto" shares one per host (or per gs:// bucket of the workdir), so a
+  # restart loads its compiled steps; a path; or "" for none.
+  config.compile_cache_dir = "auto"
   config.optimizer = ml_collections.ConfigDict(dict(
       peak_lr=1e-3 if tiny else 3e-4, warmup_steps=20 if tiny else 100,
       end_lr_ratio=0.1,

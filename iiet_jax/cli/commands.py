@@ -55,6 +55,11 @@ def print_summary(s: dict) -> None:
   print(f"  validation loss  {fmt(s['validation_loss'], '.4f')}  perplexity "
         f"{fmt(s['validation_perplexity'], '.1f')}")
   print(f"  tokens/s         {fmt(s['tokens_per_s'], ',.0f')}")
+  g = s.get("goodput")
+  if g and g["goodput"] is not None:
+    parts = ", ".join(f"{k} {v:,.1f} s" for k, v in g["seconds"].items() if v)
+    attempts = f" over {g['attempts']} attempts" if g["attempts"] > 1 else ""
+    print(f"  goodput          {g['goodput']:.0%}{attempts} ({parts})")
   print(f"  checkpoints      {s['checkpoints']}")
   print(f"  metrics          {s['metrics']} (TensorBoard: {s['tensorboard']})")
 

@@ -39,7 +39,9 @@ from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
 from iiet_jax.parallel.preemption import Preemption
+from iiet_jax.train import compile_cache
 from iiet_jax.train import divergence
+from iiet_jax.train import goodput as goodput_lib
 from iiet_jax.train import profiling
 from iiet_jax.train import loss as loss_lib
 from iiet_jax.train import step as step_lib
@@ -76,6 +78,7 @@ def train(config, workdir: epath.PathLike, plan: list[Phase]
   workdir = epath.Path(workdir)
   if "://" not in str(workdir):  # Orbax needs absolute local paths.
     workdir = epath.Path(os.path.abspath(workdir))
+  compile_cache.enable(config, workdir)   # before the first compile
   # Every data and tokenizer check runs here, before the workdir exists.
   loaders = make_loaders(config)
   try:
@@ -154,6 +157,7 @@ class _Run:
     self.config_json = json.loads(config.to_json_best_effort())
     self.val, self.metrics, self.feed = None, {}, None
     self.timer = {"tokens": 0, "seconds": 0.0}
+    self.goodput = goodput_lib.Goodput(workdir, jax.process_index() == 0)
 
   def training(self, phase: Phase) -> Training:
     if phase.name not in self.built:
@@ -204,6 +208,7 @@ class _Run:
       self.writers.event(restored.step, f"resumed from step {restored.step} "
                          f"({restored.model['phase']}) in "
                          f"{self.checkpoints.directory}")
+      self.goodput.resumed(restored.step)
       return restored.state, restored.model["phase"]
     state = self.training(first).init_state(self.config.seed)
     if first.init is not None:
@@ -251,6 +256,7 @@ class _Run:
     self.feed = lambda b: multihost.global_batch(b, shardings,
                                                  config.batch_size)
     first = True   # the first step of a phase compiles: not timed
+    self.goodput.training_starts()
     while step < phase.end:
       t0 = time.perf_counter()
       state, self.metrics = self.trace.call(
@@ -261,27 +267,37 @@ class _Run:
       log = step % config.log_every == 0 or step == config.total_steps
       if log or first:
         jax.block_until_ready(self.metrics)
+      seconds = time.perf_counter() - t0
       if not first:
-        self.timer["seconds"] += time.perf_counter() - t0
+        self.timer["seconds"] += seconds
         self.timer["tokens"] += config.batch_size * config.seq_len
+      self.goodput.add("compile" if first else "train", seconds)
+      self.goodput.at(step, trained=not first)
       first = False
       if log:
         row = writers_lib.train_metrics(self.metrics, self.timer, training,
                                         config)
         row.update(self._source_tokens())
+        row["goodput"] = self.goodput.summary()["goodput"]
         self.writers.write(step, row)
         self.writers.progress(step, row)
         self._check_finite(step)
-      evaluated = self._evaluate(training, state, step)
+        self.goodput.save()
+      with self.goodput.timed("evaluation"):
+        evaluated = self._evaluate(training, state, step)
       stop = stopper.reached()
       if step % config.checkpoint.every == 0 or step == phase.end or stop:
         self._check_finite(step, state)
         self._check_lock()
-        self.checkpoints.save(step, state, self.loaders.train.grain_iterator,
-                              self.config_json, self.description(phase),
-                              evaluated)
+        with self.goodput.timed("checkpoint"):
+          self.checkpoints.save(step, state,
+                                self.loaders.train.grain_iterator,
+                                self.config_json, self.description(phase),
+                                evaluated)
+        self.goodput.save()
       if stop:
-        self.checkpoints.wait()
+        with self.goodput.timed("checkpoint"):
+          self.checkpoints.wait()
         self.writers.event(step, f"{stopper.reason}: checkpoint of step "
                            f"{step} written; stopping")
         return state, step, True
@@ -360,8 +376,9 @@ class _Run:
   def finish(self, step: int, stopped_by: str | None = None,
              extra: dict | None = None) -> dict[str, Any]:
     """Waits for the last checkpoint, closes, writes summary.json."""
-    self.checkpoints.wait()
-    self.checkpoints.close()
+    with self.goodput.timed("checkpoint"):
+      self.checkpoints.wait()
+      self.checkpoints.close()
     config, metrics, val, timer = (self.config, self.metrics, self.val,
                                    self.timer)
     summary = {
@@ -376,8 +393,11 @@ class _Run:
         "checkpoints": str(self.checkpoints.directory),
         "metrics": str(self.workdir / "metrics.jsonl"),
         "tensorboard": str(self.workdir / "tensorboard"),
+        # Productive share of the wall time, this attempt and all (goodput.py).
+        "goodput": self.goodput.summary(),
         **(extra or {}),
     }
+    self.goodput.save()
     if jax.process_index() == 0:
       (self.workdir / "summary.json").write_text(json.dumps(summary,
                                                             indent=2))
