@@ -367,3 +367,101 @@ def test_slurm_job_requeues_only_a_preempted_run(tmp_path, code, requeued):
   assert run.returncode == code, run.stderr
   assert [c["argv"] for c in calls(log)] == (
       [["requeue", "7"]] if requeued else [])
+
+
+# TPU pods, unattended: launch/tpu_pod.sh supervise against a fake gcloud
+# (tests/fake_gcloud.py) whose one worker is this machine, running the real
+# remote command lines and a real tiny training run.
+
+
+def _supervisor(tmp_path: Path, train: list[str], preempt_at: str = ""):
+  import socket
+  cloud, bin_dir = tmp_path / "cloud", tmp_path / "bin"
+  cloud.mkdir(exist_ok=True)
+  bin_dir.mkdir(exist_ok=True)
+  (bin_dir / "gcloud").write_text(
+      f"#!/bin/sh\nexec {sys.executable} {ROOT / 'tests' / 'fake_gcloud.py'}"
+      f' "$@"\n')
+  (bin_dir / "gcloud").chmod(0o755)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
+             FAKE_CLOUD=str(cloud), FAKE_WORKDIR=str(tmp_path / "run"),
+             FAKE_PREEMPT_AT=preempt_at, FAKE_PORT=str(port),
+             IIET_SUPERVISE_POLL="0.3", IIET_SUPERVISE_BACKOFF="0.1",
+             TMPDIR=str(tmp_path))
+  run = f"sup{os.getpid()}x{len(str(tmp_path))}"
+  argv = [BASH, str(TPU_POD), "--tpu=pod-s", "--zone=us-west4-a",
+          "--accelerator-type=v5litepod-16", "--spot", f"--run={run}",
+          "--retries=3", "supervise", "--",
+          f"--config=tests/run_config.py:{tmp_path / 'data'},transformer",
+          f"--workdir={tmp_path / 'run'}",
+          f"--config.compile_cache_dir={tmp_path / 'cache'}", *train]
+  log = ROOT / "iiet_runs" / f"{run}.supervise.log"
+  return argv, env, cloud, log
+
+
+def _cloud_calls(cloud: Path) -> list[str]:
+  """The queued-resource calls, in order: create / delete."""
+  return [json.loads(line)[3] for line in
+          (cloud / "calls.jsonl").read_text().splitlines()
+          if json.loads(line)[2] == "queued-resources"
+          and json.loads(line)[3] in ("create", "delete")]
+
+
+@pytest.mark.slow
+def test_supervise_survives_two_preemptions_and_a_restarted_supervisor(
+    tmp_path):
+  argv, env, cloud, log = _supervisor(
+      tmp_path, ["--config.total_steps=30"], preempt_at="10,20")
+  try:
+    # A first supervisor creates the slice and starts the run, and is
+    # killed while the run trains; a second one adopts both.
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
+    ledger = tmp_path / "run" / "goodput.json"
+    deadline = time.monotonic() + 300
+    while not ledger.exists() or json.loads(
+        ledger.read_text() or "{}").get("last_step", 0) < 3:
+      assert first.poll() is None and time.monotonic() < deadline
+      time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = subprocess.run(argv, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    lines = second.stdout.splitlines()
+    assert "watching" in lines[1]   # adopted: no second slice at the start
+    assert _cloud_calls(cloud) == ["create", "delete", "create", "delete",
+                                   "create"]
+    said = "\n".join(lines)
+    assert said.count("is SUSPENDED (preempted or failed)") == 2
+    assert "reached total_steps (summary.json); done" in said
+    assert all(line[:4] == "20" and line[19] == "Z" and " supervise: " in line
+               for line in lines)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 30 and not summary["preempted"]
+    assert summary["goodput"]["attempts"] == 3
+    # Each restart resumed from a checkpoint (every 2 steps) of the run.
+    events = [json.loads(line).get("event", "") for line in
+              (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [e for e in events if e.startswith("resumed from step")]
+    assert len(resumed) == 2
+    assert log.read_text().splitlines()[-1] == lines[-1]
+  finally:
+    log.unlink(missing_ok=True)
+
+
+@pytest.mark.slow
+def test_supervise_does_not_retry_bad_input(tmp_path):
+  argv, env, cloud, log = _supervisor(tmp_path, ["--config.total_steps=0"])
+  try:
+    out = subprocess.run(argv, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "exited 2 (bad input): not retried" in out.stdout
+    assert _cloud_calls(cloud) == ["create"]
+  finally:
+    log.unlink(missing_ok=True)
