@@ -70,7 +70,7 @@ supervise() {
     fi
     say "retry $tries of $RETRIES in ${pause}s: $1"
     sleep "$pause"
-    pause=$((pause * 2 > 3600 ? 3600 : pause * 2))
+    pause="$(awk -v p="$pause" 'BEGIN { p *= 2; print (p > 3600 ? 3600 : p) }')"
   }
   while :; do
     state="$(qr_state)"

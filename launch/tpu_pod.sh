@@ -164,7 +164,7 @@ start() {
   # passes SIGTERM on (stop) and writes its exit code (supervise).
   ssh_on all "$(steps "set -e" "cd ~/iiet_jax" ". .venv/bin/activate" \
       "echo \"=== start \$(date -u) ===\" >> $LOG" "rm -f $EXIT" \
-      "( trap '' HUP; trap 'kill -TERM \$child 2>/dev/null' TERM; IIET_DISTRIBUTED=auto python -m iiet_jax.main ${args% } & child=\$!; while :; do wait \$child; code=\$?; kill -0 \$child 2>/dev/null || break; done; echo \$code > $EXIT ) >> $LOG 2>&1 < /dev/null & echo \$! > $PID" \
+      "( set +e; trap '' HUP; trap 'kill -TERM \$child 2>/dev/null' TERM; IIET_DISTRIBUTED=auto python -m iiet_jax.main ${args% } & child=\$!; while :; do wait \$child; code=\$?; kill -0 \$child 2>/dev/null || break; done; echo \$code > $EXIT ) >> $LOG 2>&1 < /dev/null & echo \$! > $PID" \
       "echo \"\$(hostname): started pid \$(cat $PID), log $LOG\"")"
 }
 
