@@ -73,8 +73,9 @@ def train(F, config, command: str = "train") -> int:
     d = config.distill
     return influence(F, workdir=d.teacher, batches=d.influence_batches,
                      tau=d.tau, budget=d.budget or None)
-  workdir = preflight.check_run(config, F.workdir)
+  # Before anything touches a device: jax.distributed must start first.
   multihost.initialize()
+  workdir = preflight.check_run(config, F.workdir)
   logs.attach(str(workdir))   # from when the run creates it
   summary = stages.train(config, workdir)
   print_summary(summary)

@@ -203,3 +203,22 @@ def test_sweep_runs_every_run_and_tabulates(tmp_path):
     summary = json.loads((tmp_path / "sweep" / name / "summary.json")
                          .read_text())
     assert f"{summary['validation_loss']:.4f}" in row
+
+
+def test_the_command_line_starts_jax_distributed_before_any_device(tmp_path):
+  # What every launcher does (IIET_COORDINATOR & co., or IIET_DISTRIBUTED):
+  # a check that touched a device first made jax.distributed refuse to start.
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  env = dict(ENV, IIET_COORDINATOR=f"127.0.0.1:{port}", IIET_NUM_PROCESSES="1",
+             IIET_PROCESS_ID="0")
+  out = subprocess.run(
+      MAIN + [f"--config=tests/run_config.py:{tmp_path / 'data'},transformer",
+              f"--workdir={tmp_path / 'run'}", "--config.total_steps=2",
+              "--config.compile_cache_dir="],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert json.loads((tmp_path / "run" / "summary.json").read_text())[
+      "steps"] == 2
