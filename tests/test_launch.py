@@ -439,8 +439,8 @@ def test_supervise_survives_two_preemptions_and_a_restarted_supervisor(
     said = "\n".join(lines)
     assert said.count("is SUSPENDED (preempted or failed)") == 2
     assert "reached total_steps (summary.json); done" in said
-    assert all(line[:4] == "20" and line[19] == "Z" and " supervise: " in line
-               for line in lines)
+    assert all(line[:2] == "20" and line[19] == "Z" and " supervise: " in line
+               for line in lines), lines
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 30 and not summary["preempted"]
     assert summary["goodput"]["attempts"] == 3
