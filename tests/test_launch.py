@@ -109,10 +109,12 @@ def test_tpu_start_dry_run():
   assert "tar -xzf ~/iiet_jax-exp1.tar.gz -C ~/iiet_jax" in remote(setup)
   assert "pip install --quiet -e '.[tpu]'" in remote(setup)
   command = remote(start)
-  assert "IIET_DISTRIBUTED=auto nohup python -m iiet_jax.main " in command
+  assert "IIET_DISTRIBUTED=auto python -m iiet_jax.main " in command
+  assert "trap '' HUP" in command   # as nohup
   assert ">> ~/iiet_runs/exp1.log" in command
   assert "echo $! > ~/iiet_runs/exp1.pid" in command
-  args = command.split("python -m iiet_jax.main ", 1)[1].split(" >> ", 1)[0]
+  assert "echo $code > ~/iiet_runs/exp1.exit" in command
+  args = command.split("python -m iiet_jax.main ", 1)[1].split(" & child", 1)[0]
   assert shlex.split(args) == TRAIN
   assert out.stderr == ""
   # Not gs://: a warning that the workers must share it, but no error.
@@ -162,8 +164,12 @@ time.sleep(30)
   try:
     assert trainer["argv"] == ["-m", "iiet_jax.main", *TRAIN]
     assert trainer["distributed"] == "auto"
+    # The pid file names the subshell that runs the trainer, passes SIGTERM
+    # on and keeps its exit code.
     pid = int((home / "iiet_runs" / "iiet.pid").read_text())
-    assert pid == trainer["pid"]
+    parent = int(Path(f"/proc/{trainer['pid']}/stat").read_text().split(
+        ")")[1].split()[1])
+    assert parent == pid
     assert f"running, pid {pid}" in on_worker("status").stdout
     stopped = on_worker("stop")
     assert "sent SIGTERM" in stopped.stdout
@@ -172,6 +178,12 @@ time.sleep(30)
         break
       time.sleep(0.05)
     assert (home / "trainer.term").read_text() == "SIGTERM"
+    exit_file = home / "iiet_runs" / "iiet.exit"
+    for _ in range(200):
+      if exit_file.exists() and exit_file.read_text().strip():
+        break
+      time.sleep(0.05)
+    assert exit_file.read_text().strip() == "0"   # the fake trainer's code
   finally:
     try:
       os.kill(trainer["pid"], signal.SIGKILL)
