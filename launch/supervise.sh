@@ -46,23 +46,35 @@ run_state() {
       "else echo fresh; fi")" 2>/dev/null | grep -E '^(alive|exit [0-9]+|dead|fresh)$' || true
 }
 
-# Whether summary.json in the workdir says the run reached total_steps (read
-# on worker 0, which reads gs:// like the trainer does).
+# Python run on worker 0 with the workdir as its argument (worker 0 reads
+# gs:// as the trainer does); prints its output.
+on_workdir() {
+  ssh_on 0 "cd ~/iiet_jax && .venv/bin/python -c $(printf '%q' "$1") $(printf '%q' "$WORKDIR")" \
+      2>/dev/null || true
+}
+
+# Whether summary.json in the workdir says the run reached total_steps.
 run_complete() {
-  local check
-  check="import json, sys; from etils import epath; p = epath.Path(sys.argv[1]) / 'summary.json'; s = json.loads(p.read_text()) if p.exists() else {}; print('complete' if s and s['steps'] >= s['total_steps'] and not s['preempted'] else 'incomplete')"
-  ssh_on 0 "cd ~/iiet_jax && .venv/bin/python -c $(printf '%q' "$check") $(printf '%q' "$WORKDIR")" \
-      2>/dev/null | grep -qx complete
+  on_workdir "import json, sys; from etils import epath; p = epath.Path(sys.argv[1]) / 'summary.json'; s = json.loads(p.read_text()) if p.exists() else {}; print('complete' if s and s['steps'] >= s['total_steps'] and not s['preempted'] else 'incomplete')" |
+      grep -qx complete
+}
+
+# The last step the run logged (its goodput ledger), 0 before the first.
+run_step() {
+  local step
+  step="$(on_workdir "import json, sys; from etils import epath; p = epath.Path(sys.argv[1]) / 'goodput.json'; print(json.loads(p.read_text())['last_step'] if p.exists() else 0)" | tail -n 1)"
+  [[ "$step" =~ ^[0-9]+$ ]] && echo "$step" || echo 0
 }
 
 supervise() {
   check_train_args
   mkdir -p "$ROOT/iiet_runs"
   SUPERVISE_LOG="$ROOT/iiet_runs/$RUN.supervise.log"
-  local poll="${IIET_SUPERVISE_POLL:-60}" pause="${IIET_SUPERVISE_BACKOFF:-60}"
-  local tries=0 state run last=""
+  local poll="${IIET_SUPERVISE_POLL:-60}" first="${IIET_SUPERVISE_BACKOFF:-60}"
+  local pause="$first" tries=0 state run last="" step=0 failed_at=-1
   say "supervising run $RUN on $TPU (zone $ZONE), workdir $WORKDIR; up to $RETRIES retries"
   retry() {  # retry REASON: count it, give up past --retries, else pause
+    failed_at="$step"
     tries=$((tries + 1))
     if (( tries > RETRIES )); then
       say "giving up after $RETRIES retries ($1); the slice is left as it is"
@@ -86,7 +98,13 @@ supervise() {
             retry "worker lost" || return 1 ;;
           *alive*)
             [[ "$last" == alive ]] || say "run $RUN is running; watching"
-            ;;
+            step="$(run_step)"
+            # Trained past the step of the last failure: the tries so far
+            # were not a crash loop, so the count (and pause) start again.
+            if (( tries > 0 && step > failed_at )); then
+              say "run $RUN trains again (step $step); retry count reset"
+              tries=0 pause="$first"
+            fi ;;
           fresh*)
             say "starting run $RUN on the slice"
             start >&2 || say "start failed; trying again at the next poll" ;;

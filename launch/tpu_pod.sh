@@ -19,8 +19,9 @@
 #           (spot with --spot), start the run on it as `start` does, and watch
 #           it; when the slice is preempted or a worker dies, delete it,
 #           create it again and start again (the run resumes from its newest
-#           checkpoint in the gs:// workdir), up to --retries times (default
-#           10) with a doubling pause between tries. Stops when summary.json
+#           checkpoint in the gs:// workdir), with a doubling pause between
+#           tries; more than --retries (default 10) in a row without the run
+#           training past the step of the last failure ends it. Stops when summary.json
 #           says the run reached total_steps; never retries the trainer's
 #           exit 2 (bad input) or 3 (diverged). A supervisor started again
 #           adopts the slice and run it finds. Every action is logged with a

@@ -386,7 +386,8 @@ def test_slurm_job_requeues_only_a_preempted_run(tmp_path, code, requeued):
 # remote command lines and a real tiny training run.
 
 
-def _supervisor(tmp_path: Path, train: list[str], preempt_at: str = ""):
+def _supervisor(tmp_path: Path, train: list[str], preempt_at: str = "",
+                retries: int = 3):
   import socket
   cloud, bin_dir = tmp_path / "cloud", tmp_path / "bin"
   cloud.mkdir(exist_ok=True)
@@ -406,7 +407,7 @@ def _supervisor(tmp_path: Path, train: list[str], preempt_at: str = ""):
   run = f"sup{os.getpid()}x{len(str(tmp_path))}"
   argv = [BASH, str(TPU_POD), "--tpu=pod-s", "--zone=us-west4-a",
           "--accelerator-type=v5litepod-16", "--spot", f"--run={run}",
-          "--retries=3", "supervise", "--",
+          f"--retries={retries}", "supervise", "--",
           f"--config=tests/run_config.py:{tmp_path / 'data'},transformer",
           f"--workdir={tmp_path / 'run'}",
           f"--config.compile_cache_dir={tmp_path / 'cache'}", *train]
@@ -425,8 +426,10 @@ def _cloud_calls(cloud: Path) -> list[str]:
 @pytest.mark.slow
 def test_supervise_survives_two_preemptions_and_a_restarted_supervisor(
     tmp_path):
+  # --retries=1: two preemptions in all, but the run trains on after each,
+  # so the count starts again and the supervisor goes on.
   argv, env, cloud, log = _supervisor(
-      tmp_path, ["--config.total_steps=30"], preempt_at="10,20")
+      tmp_path, ["--config.total_steps=30"], preempt_at="10,20", retries=1)
   try:
     # A first supervisor creates the slice and starts the run, and is
     # killed while the run trains; a second one adopts both.
@@ -451,6 +454,7 @@ def test_supervise_survives_two_preemptions_and_a_restarted_supervisor(
     said = "\n".join(lines)
     assert said.count("is SUSPENDED (preempted or failed)") == 2
     assert "reached total_steps (summary.json); done" in said
+    assert "retry count reset" in said
     assert all(line[:2] == "20" and line[19] == "Z" and " supervise: " in line
                for line in lines), lines
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
