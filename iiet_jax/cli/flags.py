@@ -117,7 +117,7 @@ COMMANDS = {
         "--config.data.paths=GLOB [--workers=2] [--beam_options=...]",
         (_CONFIG,
          Flag("workers", "integer", 1, "worker processes on this machine "
-              "(Apache Beam's DirectRunner)"),
+              "(Apache Beam's local FnApiRunner; 1 runs in this process)"),
          Flag("beam_options", "string", "", "Apache Beam pipeline options "
               "for another runner instead, e.g. \"--runner=DataflowRunner "
               "--project=P --region=R --temp_location=gs://B/tmp\""))),
