@@ -1,4 +1,11 @@
-"""Which storage failure an exception is, from any library that writes files.
+"""Writing a file whole, and which storage failure an exception is.
+
+`write_whole(path, data)` writes a temporary file beside `path` and renames
+it over `path` (local or gs://), so a reader, or a run after a kill, sees
+the old file or the new one, never half of one. The temporary name,
+`.NAME.partial-PID`, tells a leftover apart from a finished file.
+
+Which storage failure an exception is, from any library that writes files:
 
 Orbax reports a failed write from its background thread as whatever the
 writer raised: an `OSError`, or TensorStore's `ValueError` whose text holds
@@ -21,6 +28,19 @@ import logging
 import os
 import re
 import sys
+
+def write_whole(path, data: str | bytes) -> None:
+  """`data` into `path`, whole or not at all (module doc)."""
+  from etils import epath
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  partial = path.parent / f".{path.name}.partial-{os.getpid()}"
+  if isinstance(data, str):
+    partial.write_text(data)
+  else:
+    partial.write_bytes(data)
+  partial.replace(path)
+
 
 _SPACE = "Free space on that disk (or point --workdir at a larger one)"
 

@@ -21,13 +21,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import io
-import json
 import logging as pylogging
 import os
 import platform
-import re
 import sysconfig
 from typing import Iterator, Sequence
 
@@ -80,11 +77,8 @@ def text_corpus_config(paths: str | Sequence[str], *, name: str | None = None,
   paths = tuple(p if "://" in p else os.path.abspath(p)
                 for p in map(os.fspath, paths))
   if name is None:
-    fields = json.dumps({"paths": paths, **options}, sort_keys=True)
-    digest = hashlib.sha256(fields.encode()).hexdigest()[:10]
-    stem = paths[0].rstrip("/").split("/")[-1] if paths else "corpus"
-    stem = re.sub(r"[^\w]+", "_", stem.split(".")[0]).strip("_") or "corpus"
-    name = f"{stem}-{digest}"
+    name = docs_lib.folder_name(paths[0] if paths else "corpus",
+                                {"paths": paths, **options})
   return TextCorpusConfig(name=name, paths=paths, **options)
 
 

@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import zlib
 from typing import Iterator, Sequence
 
@@ -26,6 +27,8 @@ from etils import epath
 from iiet_jax.errors import MissingInputError, UserError
 
 SPLITS = ("train", "validation")
+# Where prepared corpora (TFDS datasets, token shards) live by default.
+DEFAULT_DATA_DIR = "~/.cache/iiet_jax/tfds"
 _GLOB_CHARS = "*?["
 
 
@@ -115,6 +118,16 @@ def find_files(paths: Sequence[str], suffixes: Sequence[str],
   if max_files is not None:
     files = files[:max_files]
   return [epath.Path(f) for f in files]
+
+
+def folder_name(first_path: str, fields: dict) -> str:
+  """"<stem of first_path>-<hash of fields>": a prepared folder's name, the
+  same for the same fields and never shared by two sets of them."""
+  digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()
+                          ).hexdigest()[:10]
+  stem = first_path.rstrip("/").split("/")[-1]
+  stem = re.sub(r"[^\w]+", "_", stem.split(".")[0]).strip("_") or "corpus"
+  return f"{stem}-{digest}"
 
 
 def corpus_root(files: Sequence[epath.Path]) -> str:

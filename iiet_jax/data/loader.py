@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import grain
 import jax
 import numpy as np
 
-from iiet_jax.data import mixture
 from iiet_jax.data import pipeline
 from iiet_jax.data import sources
 from iiet_jax.data import tokenizer as tok_lib
@@ -41,13 +39,8 @@ def make_loaders(config, process_index: int | None = None,
     process_count = jax.process_count()
   inputs = sources.open_inputs(config.data, config.model.vocab_size)
   spec = pipeline.PipelineConfig.from_config(config)
-  validation = inputs.validation
-  if inputs.rates is not None:   # the sources' documents, mixed in order
-    validation = mixture.mixed(
-        [grain.MapDataset.source(v) for v in validation],
-        inputs.validation_rates)
   validation = pipeline.validation_batches(
-      validation, inputs.to_ids, spec, config.data.eval_batches,
+      inputs.validation, inputs.to_ids, spec, config.data.eval_batches,
       process_index, process_count,
       doc_tokens=config.data.get("eval_doc_tokens", 0))
   train = pipeline.TrainIterator(pipeline.train_dataset(

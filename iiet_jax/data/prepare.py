@@ -48,6 +48,7 @@ from iiet_jax.data import mixture as mixture_lib
 from iiet_jax.data import token_shards as layout
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.errors import LOGGER, UserError
+from iiet_jax.storage import write_whole
 
 _log = pylogging.getLogger(LOGGER)
 
@@ -150,12 +151,12 @@ class TokenizeFile(beam.DoFn):
     except UserError as err:
       for w in writers.values():
         w.discard()
-      _write(folder / "errors" / f"{task.source}-{task.index:05d}.txt",
+      write_whole(folder / "errors" / f"{task.source}-{task.index:05d}.txt",
              str(err))
       return
     for w in writers.values():
       w.commit()
-    _write(marker, json.dumps({
+    write_whole(marker, json.dumps({
         "file": task.path,
         "empty_documents": stats.empty_documents,
         "non_utf8": bool(stats.non_utf8_files),
@@ -163,14 +164,6 @@ class TokenizeFile(beam.DoFn):
                    "path": f"{task.source}/{w.final.name}"}
            for split, w in writers.items()}}))
     yield task.path
-
-
-def _write(path: epath.Path, text: str) -> None:
-  """`text` into `path`, whole or not at all."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  partial = path.parent / f".{path.name}.partial-{os.getpid()}"
-  partial.write_text(text)
-  partial.replace(path)
 
 
 def _sample_texts(tasks: Sequence[Task], data) -> Iterator[str]:
@@ -283,7 +276,7 @@ def _errors(folder: epath.Path) -> None:
 
 
 def _metadata(folder: epath.Path, tasks: Sequence[Task], data, tokenizer,
-              origin: str, weights) -> dict[str, Any]:
+              origin: str) -> dict[str, Any]:
   sources: dict[str, Any] = {}
   for task in tasks:
     part = json.loads((folder / layout.part_name(task.source,
@@ -315,7 +308,6 @@ def _metadata(folder: epath.Path, tasks: Sequence[Task], data, tokenizer,
                         "vocab_size": tokenizer.vocab_size, "from": origin},
           "text_field": data.text_field,
           "validation_fraction": float(data.validation_fraction),
-          "weights_when_prepared": weights,
           "sources": sources}
 
 
@@ -330,7 +322,7 @@ def prepare(data, vocab_size: int, workers: int = 1,
         f"data.mixture), not data.source={data.source!r}: the stdlib corpus "
         f"is small enough for `iiet train` to prepare itself, and 'tfds' / "
         f"'tokens' sources are prepared already.")
-  weights = mixture_lib.weights(data)
+  mixture_lib.weights(data)   # checked before any work
   tasks = _tasks(data)
   folder = layout.location(data)
   tokenizer, origin = _tokenizer(data, vocab_size, folder, tasks)
@@ -362,8 +354,8 @@ def prepare(data, vocab_size: int, workers: int = 1,
       _ = (pipeline | beam.Create(todo) | beam.Reshuffle()
            | beam.ParDo(fn))
   _errors(folder)
-  metadata = _metadata(folder, tasks, data, tokenizer, origin, weights)
-  _write(folder / layout.METADATA, json.dumps(metadata, indent=1))
+  metadata = _metadata(folder, tasks, data, tokenizer, origin)
+  write_whole(folder / layout.METADATA, json.dumps(metadata, indent=1))
   for name, entry in metadata["sources"].items():
     _log.info("prepare    %s: %d files, %s train tokens, %s "
               "validation tokens", name, entry["files"],

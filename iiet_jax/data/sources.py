@@ -31,6 +31,7 @@ import grain
 import numpy as np
 
 from iiet_jax.data import corpus
+from iiet_jax.data import documents as docs_lib
 from iiet_jax.data import mixture as mixture_lib
 from iiet_jax.data import pipeline
 from iiet_jax.data import shards
@@ -39,7 +40,7 @@ from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.errors import MissingInputError
 
 SOURCES = ("stdlib", "files", "tfds", "tokens")
-DEFAULT_DATA_DIR = "~/.cache/iiet_jax/tfds"
+DEFAULT_DATA_DIR = docs_lib.DEFAULT_DATA_DIR
 
 
 @dataclasses.dataclass
@@ -51,10 +52,10 @@ class Inputs:
   tokenizer: tok_lib.Tokenizer | None
   description: str
   # A mixture: the sources' names, and their shares of the documents that
-  # give data.mixture's token shares; train and validation are lists then.
+  # give data.mixture's token shares; `train` is then a list of sources and
+  # `validation` their documents already mixed.
   sources: tuple[str, ...] = ()
   rates: list[float] | None = None
-  validation_rates: list[float] | None = None  # of the sources holding any
 
 
 class TokenRecordIds(grain.transforms.Map):
@@ -184,10 +185,13 @@ def _prepared_inputs(data, vocab_size: int, folder, metadata) -> Inputs:
           for n in names}
   rates = mixture_lib.document_rates([shares[n] for n in names],
                                      [mean[n] for n in names])
-  validation_rates = mixture_lib.document_rates([shares[n] for n in held],
-                                                [mean[n] for n in held])
+  # The validation pass reads the sources' documents mixed the same way.
+  validation = mixture_lib.mixed(
+      [grain.MapDataset.source(v) for v in validation],
+      mixture_lib.document_rates([shares[n] for n in held],
+                                 [mean[n] for n in held]))
   return Inputs(train, validation, TokenRecordIds(), tokenizer, description,
-                names, rates, validation_rates)
+                names, rates)
 
 
 def _prepared(data, vocab_size: int) -> Inputs | None:

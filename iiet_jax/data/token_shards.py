@@ -25,10 +25,8 @@ data.tokenizer is another is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 from typing import Any
 
 from etils import epath
@@ -36,6 +34,7 @@ from etils import epath
 from iiet_jax.data import mixture as mixture_lib
 from iiet_jax.data import shards as shards_lib
 from iiet_jax.data import tokenizer as tok_lib
+from iiet_jax.data import documents as docs_lib
 from iiet_jax.data.documents import CorpusError
 
 METADATA = "metadata.json"
@@ -53,18 +52,14 @@ def location(data) -> epath.Path:
   sources = {name: [p if "://" in p else os.path.abspath(os.path.expanduser(p))
                     for p in paths]
              for name, paths in mixture_lib.sources(data).items()}
-  fields = json.dumps({"sources": sources, **_text_options(data),
-                       "format": FORMAT}, sort_keys=True)
-  digest = hashlib.sha256(fields.encode()).hexdigest()[:10]
   first = next(iter(sources.values()))
-  stem = first[0].rstrip("/").split("/")[-1] if first else "corpus"
-  stem = re.sub(r"[^\w]+", "_", stem.split(".")[0]).strip("_") or "corpus"
-  if len(sources) > 1:
-    stem = "mixture"
-  root = data.get("data_dir") or "~/.cache/iiet_jax/tfds"
+  name = docs_lib.folder_name(
+      "mixture" if len(sources) > 1 else (first[0] if first else "corpus"),
+      {"sources": sources, **_text_options(data), "format": FORMAT})
+  root = data.get("data_dir") or docs_lib.DEFAULT_DATA_DIR
   if "://" not in root:
     root = os.path.expanduser(root)
-  return epath.Path(root) / "prepared" / f"{stem}-{digest}"
+  return epath.Path(root) / "prepared" / name
 
 
 def shard_name(split: str, index: int) -> str:

@@ -28,6 +28,7 @@ from absl import logging
 from etils import epath
 import sentencepiece as spm
 
+from iiet_jax import storage
 from iiet_jax.errors import MissingInputError, TokenizerError, UserError
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -209,12 +210,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int,
         f"Training a {vocab_size}-piece tokenizer for {out_path} failed on "
         f"{counts['documents']} documents ({counts['chars']} characters, "
         f"sample capped at max_chars={max_chars}): {e}") from e
-  out_path.parent.mkdir(parents=True, exist_ok=True)
-  # Write then rename, so an interrupted run never leaves a truncated model
-  # that the next run would take for a cached one.
-  partial = out_path.parent / (out_path.name + ".partial")
-  partial.write_bytes(model.getvalue())
-  partial.rename(out_path)
+  # Whole, so an interrupted run never leaves a truncated model that the
+  # next run would take for a cached one.
+  storage.write_whole(out_path, model.getvalue())
   logging.info("Trained a %d-piece BPE tokenizer on %d documents (%d chars): "
                "%s", vocab_size, counts["documents"], counts["chars"],
                out_path)
@@ -306,7 +304,5 @@ def carry(tokenizer, folder: epath.PathLike) -> epath.Path:
     return epath.Path(held.path)
   # The config first: tokenizer.json is what marks the folder as carrying.
   for name in sorted(files, reverse=True):
-    partial = folder / f".{name}.partial"
-    partial.write_bytes(files[name])
-    partial.rename(folder / name)
+    storage.write_whole(folder / name, files[name])
   return folder / next(n for n in CARRIED if n in files)

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from etils import epath
 
 import iiet_jax
+from iiet_jax import storage
 
 CATEGORIES = ("startup", "compile", "train", "checkpoint", "evaluation",
               "lost", "other")
@@ -134,6 +135,4 @@ class Goodput:
     data = {"attempts": self.attempts + 1, "last_step": self.step,
             "step_seconds": self.run["train"] / steps if steps else
             self._step_seconds, "total": self.total()}
-    partial = self.path.parent / f".{FILE}.partial"
-    partial.write_text(json.dumps(data, indent=1))
-    partial.replace(self.path)
+    storage.write_whole(self.path, json.dumps(data, indent=1))

@@ -156,8 +156,14 @@ class _Run:
         async_save=config.checkpoint.async_save)
     self.config_json = json.loads(config.to_json_best_effort())
     self.val, self.metrics, self.feed = None, {}, None
-    self.timer = {"tokens": 0, "seconds": 0.0}
     self.goodput = goodput_lib.Goodput(workdir, jax.process_index() == 0)
+
+  @property
+  def timer(self) -> dict[str, float]:
+    """Tokens and seconds of the steps this attempt trained (not compiled)."""
+    return {"tokens": self.goodput.steps_trained * self.config.batch_size
+                      * self.config.seq_len,
+            "seconds": self.goodput.run["train"]}
 
   def training(self, phase: Phase) -> Training:
     if phase.name not in self.built:
@@ -268,9 +274,6 @@ class _Run:
       if log or first:
         jax.block_until_ready(self.metrics)
       seconds = time.perf_counter() - t0
-      if not first:
-        self.timer["seconds"] += seconds
-        self.timer["tokens"] += config.batch_size * config.seq_len
       self.goodput.add("compile" if first else "train", seconds)
       self.goodput.at(step, trained=not first)
       first = False

@@ -42,7 +42,7 @@ def trained(tmp_path_factory):
 def test_trained_model_has_requested_size_and_llama_ids(trained):
   tokenizer, path = trained
   assert path.is_file()
-  assert not path.with_name(path.name + ".partial").exists()
+  assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
   assert tokenizer.vocab_size == VOCAB
   assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 1, 2)
 

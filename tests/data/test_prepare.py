@@ -326,7 +326,13 @@ def test_a_source_without_validation_documents_is_left_out_of_validation(
   prep.prepare(config.data, VOCAB)
   inputs = sources.open_inputs(config.data, VOCAB)
   assert len(inputs.train) == 2 and len(inputs.rates) == 2
-  assert len(inputs.validation) == 1 and inputs.validation_rates == [1.0]
+  # Validation reads the one source that holds validation documents.
+  folder = token_shards.location(config.data)
+  metadata = token_shards.read_metadata(folder)
+  assert metadata["sources"]["lone"]["validation"]["documents"] == 0
+  held = token_shards.open_split(folder, metadata, "a", "validation")
+  assert [inputs.validation[i] for i in range(len(inputs.validation))] == \
+      [held[i] for i in range(len(held))]
 
 
 def test_a_mixture_needs_prepared_shards(tmp_path, tokenizer):
