@@ -2,6 +2,8 @@
 
 Orbax, TFDS, Grain and JAX log through absl or Python logging; a tiny run
 prints hundreds of INFO lines. Here every record goes to `<workdir>/iiet.log`
+(local or gs://, `storage.Appended`; other hosts of a gs:// run write
+`iiet.process_N.log`)
 (held in memory until the command knows it may write there, and until the
 run has created its workdir); the screen shows the project's own logger
 (`iiet_jax.errors.LOGGER`) only. A library's error that matters reaches the
@@ -18,6 +20,7 @@ import logging
 import os
 import sys
 
+from iiet_jax import storage
 from iiet_jax.errors import LOGGER
 
 LOG_FILE = "iiet.log"
@@ -64,7 +67,7 @@ class _RunLog(logging.Handler):
     if self.dead:
       return
     if self.stream is None and self.pending is not None:
-      if os.path.isdir(os.path.dirname(self.pending)):
+      if _folder_exists(self.pending):
         self.attach(self.pending)
     if self.stream is None:
       if len(self.buffer) < _BUFFERED:
@@ -72,10 +75,9 @@ class _RunLog(logging.Handler):
       return
     try:
       self.stream.write(self.format(record) + "\n")
-      self.stream.flush()
-    except (OSError, ValueError):
-      # The disk is full or the file at its size limit: the command's own
-      # error says so; the log file stops here instead of raising.
+    except Exception:  # pylint: disable=broad-except
+      # The disk is full, the file at its size limit, the bucket gone: the
+      # command's own error says so; the log file stops here, not raising.
       self._drop()
 
   def _drop(self) -> None:
@@ -84,18 +86,19 @@ class _RunLog(logging.Handler):
     if stream is not None:
       try:
         stream.close()
-      except OSError:
+      except Exception:  # pylint: disable=broad-except
         pass
 
   def attach(self, path: str) -> None:
     if self.stream is not None:
       return
-    if not os.path.isdir(os.path.dirname(path)):
+    if not _folder_exists(path):
       self.pending = path   # the run creates it after its data checks
       return
     try:
-      self.stream = open(path, "a", encoding="utf-8")
-    except OSError:   # a read-only run: no log file, nothing else changes
+      self.stream = storage.Appended(path)
+    except Exception:  # pylint: disable=broad-except
+      # A read-only run (or bucket): no log file, nothing else changes.
       self._drop()
       self.pending = None
       return
@@ -147,12 +150,29 @@ def setup() -> None:
     pass
 
 
+def _folder_exists(path: str) -> bool:
+  from etils import epath
+  return epath.Path(path).parent.is_dir()
+
+
+def log_name(process: int) -> str:
+  """iiet.log for process 0; on other hosts iiet.process_N.log, since an
+  object (gs://) has one writer."""
+  return LOG_FILE if process == 0 else f"iiet.process_{process}.log"
+
+
 def attach(workdir: str) -> str | None:
-  """Writes the log file in local `workdir`: from now on if the folder
-  exists and is writable, from when it is created if not yet."""
-  if "://" in str(workdir) or os.path.isfile(workdir):
+  """Writes the log file in `workdir` (local or gs://): from now on if the
+  folder exists and is writable, from when it is created if not yet."""
+  workdir = os.fspath(workdir)
+  if storage.is_remote(workdir):
+    import jax   # the run has started JAX (and jax.distributed) by now
+    process = jax.process_index() if jax.distributed.is_initialized() else 0
+    path = f"{workdir.rstrip('/')}/{log_name(process)}"
+  elif os.path.isfile(workdir):
     return None
-  path = os.path.join(os.path.abspath(workdir), LOG_FILE)
+  else:
+    path = os.path.join(os.path.abspath(workdir), LOG_FILE)
   _run_log.attach(path)
   return path
 

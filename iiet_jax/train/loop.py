@@ -35,6 +35,7 @@ import numpy as np
 
 from iiet_jax import checkpoint as ckpt_lib
 from iiet_jax import lock
+from iiet_jax import storage
 from iiet_jax.data import tokenizer as tok_lib
 from iiet_jax.data.loader import make_loaders
 from iiet_jax.parallel import multihost
@@ -401,10 +402,10 @@ class _Run:
         **(extra or {}),
     }
     self.goodput.save()
+    self.writers.close()   # metrics uploaded before the run says it is done
     if jax.process_index() == 0:
-      (self.workdir / "summary.json").write_text(json.dumps(summary,
-                                                            indent=2))
-    self.writers.close()
+      storage.write_whole(self.workdir / "summary.json",
+                          json.dumps(summary, indent=2))
     return summary
 
   def close_quietly(self) -> None:

@@ -1,7 +1,9 @@
 """Where training metrics go: metrics.jsonl, TensorBoard, and the screen.
 
 `metrics.jsonl` gets one JSON object per write, flushed at once, so nothing
-written is lost on a crash; a resumed run appends to it. On a terminal the
+written is lost on a crash; a resumed run appends to it. In a gs:// workdir
+it and the TensorBoard events are uploaded every `storage.REMOTE_EVERY`
+seconds, at each event line and at the end (storage.py). On a terminal the
 progress is one redrawn line (bar, ETA, loss, tokens/s); in logs it is a
 plain line every `log_every` steps. Non-primary hosts pass `enabled=False`.
 """
@@ -16,6 +18,7 @@ from typing import Mapping
 
 import jax
 
+from iiet_jax import storage
 from iiet_jax.models import registry
 from iiet_jax.train import flops
 
@@ -38,7 +41,10 @@ class MetricWriters:
     self._open_line = False
     self._first: tuple[int, float] | None = None
     self._closed = False
-    self._workdir = workdir
+    self._workdir = os.fspath(workdir)
+    # A remote event file is uploaded whole at each flush: tensorboardX's
+    # own timer flushes it, not every write.
+    self._remote = storage.is_remote(self._workdir)
     self._jsonl = self._tb_writer = None   # opened by the first record, so
     # a run refused before it writes (a bad resume) leaves no files behind
 
@@ -46,17 +52,19 @@ class MetricWriters:
   def _tb(self):
     if self._tb_writer is None:
       from tensorboardX import SummaryWriter  # only the primary host needs it
-      self._tb_writer = SummaryWriter(os.path.join(self._workdir,
-                                                   "tensorboard"))
+      self._tb_writer = SummaryWriter(
+          f"{self._workdir}/tensorboard",
+          flush_secs=int(storage.REMOTE_EVERY) if self._remote else 120)
     return self._tb_writer
+
+  def _flush_tb(self, now: bool = False) -> None:
+    if now or not self._remote:
+      self._tb.flush()
 
   def _record(self, record: dict) -> None:
     if self._jsonl is None:
-      os.makedirs(self._workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(self._workdir, "metrics.jsonl"), "a",
-                         encoding="utf-8")
+      self._jsonl = storage.Appended(f"{self._workdir}/metrics.jsonl")
     self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
 
   def write(self, step: int, metrics: Mapping[str, float], *,
             prefix: str = "train") -> None:
@@ -66,7 +74,7 @@ class MetricWriters:
     self._record({"step": int(step), "split": prefix, **values})
     for name, value in values.items():
       self._tb.add_scalar(f"{prefix}/{name}", value, int(step))
-    self._tb.flush()
+    self._flush_tb()
 
   def progress(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -110,8 +118,9 @@ class MetricWriters:
       self._stream.write(f"[step {step}] {text}\n")
       self._stream.flush()
     self._record({"step": int(step), "event": text})
+    self._jsonl.flush()   # events are rare and matter: uploaded at once
     self._tb.add_text("events", text, int(step))
-    self._tb.flush()
+    self._flush_tb(now=True)
 
   def _end_line(self) -> None:
     if self._open_line:
