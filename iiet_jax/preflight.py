@@ -27,8 +27,8 @@ class WorkdirError(UserError, ValueError):
 
 def check_workdir(workdir: str) -> epath.Path:
   """The absolute workdir, refused when it is a file or not writable."""
-  if "://" in str(workdir):  # remote storage: its client checks access
-    return epath.Path(workdir)
+  if "://" in str(workdir):
+    return _check_bucket(str(workdir))
   path = os.path.abspath(os.path.expanduser(str(workdir)))
   if os.path.islink(path) and not os.path.exists(path):
     raise WorkdirError(f"--workdir={workdir} is a link to "
@@ -52,6 +52,26 @@ def check_workdir(workdir: str) -> epath.Path:
                        f"this user; choose a writable --workdir or change "
                        f"the folder's permissions.") from None
   return epath.Path(path)
+
+
+def _check_bucket(workdir: str) -> epath.Path:
+  """A remote workdir whose bucket exists and answers; its client checks
+  the rights at the first write (the run's lock)."""
+  scheme, rest = workdir.split("://", 1)
+  bucket = f"{scheme}://{rest.split('/', 1)[0]}"
+  try:
+    found = epath.Path(bucket).exists()
+  except Exception as err:  # pylint: disable=broad-except
+    raise WorkdirError(
+        f"--workdir={workdir}: {bucket} cannot be reached "
+        f"({type(err).__name__}: {err}); check the credentials "
+        f"(gcloud auth application-default login) and the network.") from None
+  if not found:
+    raise WorkdirError(
+        f"--workdir={workdir}: the bucket {bucket} does not exist, or this "
+        f"account cannot see it; create it (gcloud storage buckets create "
+        f"{bucket}) or choose another --workdir.")
+  return epath.Path(workdir)
 
 
 # (key, test, the range it must lie in) for numbers no module below checks.

@@ -153,3 +153,16 @@ def test_a_run_in_a_bucket_writes_every_file_there_and_resumes(emulator,
              for line in text.splitlines())
   assert json.loads(_read(f"{run}/summary.json"))["steps"] == 12
   assert list(cwd.iterdir()) == []
+
+
+def test_a_workdir_in_a_missing_bucket_is_refused_by_name(emulator):
+  from iiet_jax import preflight
+  assert str(preflight.check_workdir(f"gs://{BUCKET}/runs/new")) == (
+      f"gs://{BUCKET}/runs/new")
+  with pytest.raises(preflight.WorkdirError) as refused:
+    preflight.check_workdir("gs://no-such-bucket/runs/a")
+  assert str(refused.value) == (
+      "--workdir=gs://no-such-bucket/runs/a: the bucket gs://no-such-bucket "
+      "does not exist, or this account cannot see it; create it (gcloud "
+      "storage buckets create gs://no-such-bucket) or choose another "
+      "--workdir.")
