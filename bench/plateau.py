@@ -94,8 +94,9 @@ def plan(groups: list[str]) -> list[dict]:
         for i in MECHANISM_ORDERS:
           add("iiet", d, i)
     elif group == "scale":
-      for variant in SCALE_VARIANTS:
-        for d in SCALE_ORDERS:
+      # Order by order, so that each finished order is a paired comparison.
+      for d in SCALE_ORDERS:
+        for variant in SCALE_VARIANTS:
           add(variant, d, d, prefix="scale_", extra=SCALE)
     else:
       raise SystemExit(f"--groups: {group!r} is not one of remedies, "
