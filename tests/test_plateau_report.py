@@ -44,3 +44,20 @@ def test_remedy_rows_count_plateaus_and_apply_the_criterion():
   few = plateau_report.remedy_rows(_results({"good": diffs["good"]},
                                             orders[:4]), orders[:4])
   assert not few[0]["works"]
+
+
+def test_scale_table_sets_each_size_beside_its_own_transformer():
+  runs = {}
+  def add(variant, order, loss):
+    runs[f"{variant}/d{order}"] = dict(variant=variant, data_seed=order,
+                                       seed=order, validation_loss=loss)
+  add("transformer", 100, 5.0)
+  add("iiet", 100, 6.0)                  # +1.00 at tiny: a plateau
+  add("scale_transformer", 100, 4.0)
+  add("scale_iiet", 100, 4.1)            # +0.10 at the next size
+  add("scale_iiet_inherit", 100, 3.9)    # no tiny inherit run: "-"
+  add("transformer", 101, 5.0)           # no run at the next size: no row
+  table = plateau_report.scale_table({"runs": runs}, (100, 101))
+  assert len(table) == 3
+  assert table[2] == ("| 100 | 5.000 | 4.000 | +1.00 **plateau** | +0.10 "
+                      "| - | -0.10 |")
