@@ -399,18 +399,21 @@ def render(results, mechanism, figs: dict, base: Path) -> str:
       "",
   ]
   scale = remedy_rows(results, plateau.SCALE_ORDERS, prefix="scale_")
+  done = sorted(set().union(*(r["diffs"] for r in scale))) if scale else []
   if scale:
     lines += [
         "## At the next size (8 layers, d=256)", "",
         f"The same recipe and data at 8 layers, d=256, d_ff=704 (about 8x "
         f"the FLOPs per token of tiny), on data orders "
-        f"{', '.join(map(str, plateau.SCALE_ORDERS))} (3 of the 8 search "
-        f"orders; init seed = data seed). Validation loss at step 600 and "
+        f"{', '.join(map(str, done))} (init seed = data seed"
+        + (f"; planned: {', '.join(map(str, plateau.SCALE_ORDERS))}, the "
+           f"rest not run yet" if done != list(plateau.SCALE_ORDERS) else "")
+        + f"). Validation loss at step 600 and "
         f"each start's difference to Transformer++ on the same batches, "
         f"beside the same order at tiny:", "",
         *scale_table(results, plateau.SCALE_ORDERS), "",
         *remedy_table(scale), "",
-        "The `works` column needs 8 orders; with 3 it says no by "
+        "The `works` column needs 8 orders, so here it says no by "
         "construction.", ""]
     if "scale" in figs:
       lines += [link("scale", "training loss at the next size"), ""]
