@@ -19,6 +19,7 @@ import glob
 import logging
 import os
 import sys
+import time
 
 from iiet_jax import storage
 from iiet_jax.errors import LOGGER
@@ -62,13 +63,18 @@ class _RunLog(logging.Handler):
     self.path = None
     self.pending = None   # the log file, once its folder exists
     self.dead = False     # a write failed: no log file any more
+    self._next_check = 0.0  # when a pending remote folder is asked again
 
   def emit(self, record):
     if self.dead:
       return
     if self.stream is None and self.pending is not None:
-      if _folder_exists(self.pending):
-        self.attach(self.pending)
+      # A bucket is asked at most once a second, not once per record.
+      if not storage.is_remote(self.pending) or (
+          time.monotonic() >= self._next_check):
+        self._next_check = time.monotonic() + 1.0
+        if _folder_exists(self.pending):
+          self.attach(self.pending)
     if self.stream is None:
       if len(self.buffer) < _BUFFERED:
         self.buffer.append(record)
@@ -151,6 +157,8 @@ def setup() -> None:
 
 
 def _folder_exists(path: str) -> bool:
+  if not storage.is_remote(path):
+    return os.path.isdir(os.path.dirname(path))
   from etils import epath
   return epath.Path(path).parent.is_dir()
 
